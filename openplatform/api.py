@@ -1,0 +1,128 @@
+"""Merchant REST API glue: API-key authentication, tenant throttling, and one error shape.
+
+Every refused request is `{"code": "...", "detail": "..."}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions, status
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+
+from tenants.models import Tenant, TenantAPIKey
+
+
+class ApiError(exceptions.APIException):
+    """An API refusal with a stable code: `raise ApiError("image_too_large", "...", status=413)`."""
+
+    def __init__(self, code: str, detail: str, *, status_code: int = status.HTTP_400_BAD_REQUEST) -> None:
+        super().__init__(detail=detail, code=code)
+        self.status_code = status_code
+        self.error_code = code
+
+
+@dataclass(frozen=True)
+class TenantPrincipal:
+    """request.user for an API-key request."""
+
+    tenant: Tenant
+    api_key: TenantAPIKey
+    is_authenticated: bool = True
+    is_anonymous: bool = False
+
+    @property
+    def pk(self) -> str:
+        return f"tenant:{self.tenant.pk}"
+
+
+class TenantAPIKeyAuthentication(BaseAuthentication):
+    """`Authorization: Api-Key <key>`; keys are stored hashed (djangorestframework-api-key)."""
+
+    keyword = b"api-key"
+
+    def authenticate(self, request: Request):
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Api-Key <key>'.")
+        try:
+            key = parts[1].decode("ascii")
+            api_key = TenantAPIKey.objects.select_related("tenant").get_from_key(key)
+        except (UnicodeDecodeError, TenantAPIKey.DoesNotExist):
+            raise exceptions.AuthenticationFailed("Invalid API key.") from None
+        if not api_key.is_valid(key):
+            raise exceptions.AuthenticationFailed("Invalid API key.")
+        if api_key.revoked or api_key.has_expired:
+            raise exceptions.AuthenticationFailed("This API key has been revoked or has expired.")
+        if not api_key.tenant.is_active:
+            raise exceptions.PermissionDenied("This merchant account is disabled.")
+        return TenantPrincipal(tenant=api_key.tenant, api_key=api_key), api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return "Api-Key"
+
+
+class TenantAPIKeyScheme(OpenApiAuthenticationExtension):
+    target_class = "openplatform.api.TenantAPIKeyAuthentication"
+    name = "ApiKeyAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Api-Key <your key>` (keys are issued by the service provider and shown once).",
+        }
+
+
+class TenantRateThrottle(SimpleRateThrottle):
+    """Per-tenant request rate (all of a tenant's keys share it)."""
+
+    scope = "tenant"
+
+    def get_cache_key(self, request, view):
+        user = getattr(request, "user", None)
+        if not isinstance(user, TenantPrincipal):
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": user.tenant.pk}
+
+
+_DEFAULT_CODES = {
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "throttled",
+    exceptions.ParseError: "parse_error",
+    exceptions.ValidationError: "invalid",
+}
+
+
+def api_exception_handler(exc, context) -> Response | None:
+    from django.core.exceptions import RequestDataTooBig
+    from rest_framework.views import exception_handler
+
+    if isinstance(exc, RequestDataTooBig):
+        exc = ApiError("image_too_large", "The request body is larger than the 1 MB image limit allows.",
+                       status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    code = getattr(exc, "error_code", None)
+    if code is None:
+        code = next((c for cls, c in _DEFAULT_CODES.items() if isinstance(exc, cls)), "error")
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {"code": code, "detail": "Invalid request.", "errors": response.data}
+    else:
+        detail = response.data.get("detail", str(exc)) if isinstance(response.data, dict) else str(exc)
+        response.data = {"code": code, "detail": str(detail)}
+    return response

@@ -1,0 +1,63 @@
+"""/healthz (the process answers) and /readyz (database, broker, ticket age)."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from openplatform.component import component_config
+from openplatform.services import component_ticket_age
+
+TICKET_STALE_SECONDS = 30 * 60
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+def _check_database() -> dict:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": exc.__class__.__name__}
+
+
+def _check_broker() -> dict:
+    from openplatform.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "error": exc.__class__.__name__}
+
+
+def _check_ticket() -> dict:
+    config = component_config()
+    if not config.appid:
+        return {"ok": True, "detail": "component not configured"}
+    try:
+        age = component_ticket_age(component_appid=config.appid)
+    except Exception as exc:
+        return {"ok": False, "error": exc.__class__.__name__}
+    if age is None:
+        return {"ok": False, "error": "no component_verify_ticket received yet"}
+    seconds = int(age.total_seconds())
+    if seconds > TICKET_STALE_SECONDS:
+        return {"ok": False, "age_seconds": seconds, "error": "newest ticket is older than 30 minutes"}
+    return {"ok": True, "age_seconds": seconds}
+
+
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    """503 when the database or broker is unreachable. A stale ticket is reported as an error in the
+    body ("degraded") without failing readiness: taking the web tier out would not bring tickets back."""
+    checks = {"database": _check_database(), "broker": _check_broker(), "ticket": _check_ticket()}
+    ready = checks["database"]["ok"] and checks["broker"]["ok"]
+    status = "ok" if ready and checks["ticket"]["ok"] else ("degraded" if ready else "unavailable")
+    return JsonResponse({"status": status, "checks": checks}, status=200 if ready else 503)

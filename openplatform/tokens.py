@@ -1,0 +1,29 @@
+"""Token leases and refresh margins shared by the component and authorizer token services.
+
+Why these margins (WECHAT.md §4, §7, §12): WeChat tokens live 7200 s and the old token keeps working
+for about 5 minutes after a refresh. A token is refreshed on use when less than
+`ON_DEMAND_REFRESH_MARGIN` (300 s, the SDKs' consensus of 200-300 s) is left: a call started with it
+finishes well inside its life. The beat job refreshes tokens with less than
+`SCHEDULED_REFRESH_WINDOW` (480 s) left every `SCHEDULED_REFRESH_EVERY` (240 s), so a token is
+replaced when 240-480 s remain: each token serves at least 6720 s, i.e. at most 12.9 refreshes a day.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+ON_DEMAND_REFRESH_MARGIN = timedelta(seconds=300)
+SCHEDULED_REFRESH_WINDOW = timedelta(seconds=480)
+SCHEDULED_REFRESH_EVERY = timedelta(seconds=240)
+
+
+@dataclass(frozen=True)
+class TokenLease:
+    """An access token and the generation it belongs to (the generation is safe to record)."""
+
+    token: str
+    generation: int
+
+    def __repr__(self) -> str:  # never show the token
+        return f"TokenLease(generation={self.generation})"

@@ -1,0 +1,29 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from openplatform import health
+from tenants import views_wechat
+from tenants.api import AuthorizationLinkApi, AuthorizerListApi
+
+api_v1 = [
+    path("authorizers/", AuthorizerListApi.as_view(), name="authorizer-list"),
+    path("authorization-links/", AuthorizationLinkApi.as_view(), name="authorization-link-create"),
+    path("", include("uploads.urls")),
+]
+
+urlpatterns = [
+    path("wechat/component/events/", views_wechat.component_events, name="wechat-component-events"),
+    path("wechat/component/authorized/", views_wechat.authorized_redirect, name="wechat-component-authorized"),
+    path("wechat/authorizers/<str:appid>/events/", views_wechat.authorizer_events, name="wechat-authorizer-events"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+        name="api-docs",
+    ),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,87 @@
+"""Merchant REST API: the tenant's authorizers and self-service authorization links."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from openplatform.api import ApiError
+from openplatform.wechat.errors import WeChatError
+from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, permission_set_name
+from tenants.selectors import authorizer_list
+from tenants.services.authorization import authorization_link_create
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class PermissionSetSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
+class AuthorizerSerializer(serializers.Serializer):
+    appid = serializers.CharField()
+    nick_name = serializers.CharField()
+    account_type = serializers.CharField()
+    status = serializers.CharField()
+    permission_sets = serializers.SerializerMethodField()
+    can_upload_images = serializers.BooleanField()
+    authorized_at = serializers.DateTimeField()
+
+    def get_permission_sets(self, obj) -> list[PermissionSetSerializer]:  # type: ignore[valid-type]
+        return [{"id": i, "name": permission_set_name(i)} for i in obj.func_info or []]
+
+
+class AuthorizerListApi(ListAPIView):
+    serializer_class = AuthorizerSerializer
+
+    def get_queryset(self):
+        return authorizer_list(tenant=self.request.user.tenant)
+
+    @extend_schema(
+        summary="List your authorized WeChat accounts",
+        description=(
+            "`can_upload_images` is true when the account is authorized and holds one of the permission "
+            f"sets media/uploadimg needs: {', '.join(map(str, UPLOADIMG_REQUIRED_ANY_OF))}."
+        ),
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class AuthorizationLinkApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        url = serializers.URLField()
+        mobile_url = serializers.URLField()
+        expires_at = serializers.DateTimeField()
+
+    @extend_schema(
+        summary="Create an authorization link",
+        description=(
+            "A fresh link for the merchant's WeChat account administrator: `url` for a desktop browser "
+            "(scan the QR code), `mobile_url` to open inside WeChat. Single use; expires at `expires_at`."
+        ),
+        request=None,
+        responses={
+            201: OutputSerializer,
+            503: OpenApiResponse(ErrorSerializer, description="`wechat_unavailable`: WeChat refused or is unreachable."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        try:
+            link = authorization_link_create(tenant=request.user.tenant)
+        except WeChatError as exc:
+            raise ApiError("wechat_unavailable", f"Could not get a pre-authorization code from WeChat: {exc.describe()}",
+                           status_code=status.HTTP_503_SERVICE_UNAVAILABLE) from exc
+        data = self.OutputSerializer({"url": link.url, "mobile_url": link.mobile_url, "expires_at": link.expires_at}).data
+        return Response(data, status=status.HTTP_201_CREATED)
+
+
+__all__ = ["AuthorizerListApi", "AuthorizationLinkApi", "ErrorSerializer", "inline_serializer"]

@@ -1,0 +1,207 @@
+"""Onboarding: authorization links, the exactly-once auth-code exchange, and authorizer sync.
+
+DESIGN.md §3.3, WECHAT.md §3, §5, §6, §8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlencode
+
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from openplatform.component import component_config, wechat_client
+from openplatform.services import with_component_token
+from openplatform.wechat.client import AuthorizationInfo
+from tenants.errors import AuthorizerBoundElsewhere, InvalidState
+from tenants.models import AuthCodeExchange, Authorizer, Tenant
+from tenants.signals import authorizer_status_changed
+
+logger = logging.getLogger(__name__)
+
+_STATE_SALT = "tenants.authorization-state"
+#: The merchant has this long to finish authorizing (pre_auth_code itself lives 600-1800 s).
+STATE_MAX_AGE = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class AuthorizationLink:
+    url: str
+    mobile_url: str
+    expires_at: datetime
+
+
+def authorization_state_make(*, tenant: Tenant) -> str:
+    return signing.dumps({"tenant": tenant.pk}, salt=_STATE_SALT, compress=True)
+
+
+def authorization_state_verify(*, state: str) -> Tenant:
+    try:
+        payload = signing.loads(state, salt=_STATE_SALT, max_age=STATE_MAX_AGE)
+    except signing.BadSignature as exc:  # includes SignatureExpired
+        raise InvalidState("the authorization link is invalid or has expired; ask for a new one") from exc
+    tenant = Tenant.objects.filter(pk=payload.get("tenant"), is_active=True).first()
+    if tenant is None:
+        raise InvalidState("the authorization link names no active merchant")
+    return tenant
+
+
+def authorization_link_create(*, tenant: Tenant, auth_type: int = 3, biz_appid: str = "") -> AuthorizationLink:
+    """A fresh pre_auth_code and the PC and mobile authorization URLs for it (WECHAT.md §5)."""
+    config = component_config()
+    pre = with_component_token(
+        lambda ctoken: wechat_client().create_preauthcode(component_access_token=ctoken, component_appid=config.appid)
+    )
+    redirect_uri = config.authorized_redirect_url + "?" + urlencode({"state": authorization_state_make(tenant=tenant)})
+    params = {
+        "component_appid": config.appid,
+        "pre_auth_code": pre.pre_auth_code,
+        "redirect_uri": redirect_uri,
+        "auth_type": auth_type,
+    }
+    if biz_appid:
+        params["biz_appid"] = biz_appid
+    base = config.mp_base.rstrip("/")
+    url = f"{base}/cgi-bin/componentloginpage?{urlencode(params)}"
+    mobile_params = {"action": "bindcomponent", "no_scan": 1, **params}
+    mobile_url = f"{base}/safe/bindcomponent?{urlencode(mobile_params)}#wechat_redirect"
+    expires_in = min(pre.expires_in, int(STATE_MAX_AGE.total_seconds()))
+    return AuthorizationLink(url=url, mobile_url=mobile_url, expires_at=timezone.now() + timedelta(seconds=expires_in))
+
+
+def _code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def authorization_code_exchange(*, auth_code: str, tenant: Tenant | None = None) -> Authorizer:
+    """Exchange an auth_code exactly once, whichever of the redirect and the event comes first.
+
+    The first caller creates the exchange row and holds its lock while calling api_query_auth; a
+    concurrent caller waits on the lock, then finds the exchange completed and reuses its result.
+    With `tenant` (the redirect), the authorizer is bound to that tenant unless bound to another.
+    """
+    digest = _code_hash(auth_code)
+    try:
+        with transaction.atomic():
+            AuthCodeExchange.objects.get_or_create(code_sha256=digest)
+    except IntegrityError:
+        pass  # created concurrently; fine
+    with transaction.atomic():
+        exchange = AuthCodeExchange.objects.select_for_update().get(code_sha256=digest)
+        if exchange.completed_at is None:
+            config = component_config()
+            info = with_component_token(
+                lambda ctoken: wechat_client().query_auth(
+                    component_access_token=ctoken, component_appid=config.appid, authorization_code=auth_code
+                )
+            )
+            authorizer = _authorizer_upsert_from_authorization(info=info, component_appid=config.appid)
+            exchange.authorizer = authorizer
+            exchange.completed_at = timezone.now()
+            exchange.save()
+        else:
+            authorizer = exchange.authorizer
+    if tenant is not None:
+        authorizer = authorizer_bind(authorizer=authorizer, tenant=tenant)
+    return authorizer
+
+
+def _authorizer_upsert_from_authorization(*, info: AuthorizationInfo, component_appid: str) -> Authorizer:
+    authorizer, _ = Authorizer.objects.select_for_update().get_or_create(
+        component_appid=component_appid, appid=info.authorizer_appid
+    )
+    now = timezone.now()
+    authorizer.mode = Authorizer.Mode.COMPONENT
+    authorizer.status = Authorizer.Status.AUTHORIZED
+    authorizer.func_info = sorted(set(info.func_info))
+    authorizer.set_refresh_token(info.authorizer_refresh_token)
+    if info.authorizer_access_token:
+        authorizer.set_access_token(info.authorizer_access_token)
+        authorizer.access_token_expires_at = now + timedelta(seconds=info.expires_in)
+        authorizer.token_refreshed_at = now
+    else:
+        authorizer.set_access_token(None)
+        authorizer.access_token_expires_at = None
+    authorizer.token_generation += 1
+    authorizer.authorized_at = now
+    authorizer.revoked_at = None
+    authorizer.last_error = ""
+    authorizer.save()
+    logger.info("authorization exchanged", extra={"authorizer_appid": authorizer.appid})
+    try:
+        authorizer_sync_info(authorizer=authorizer)
+    except Exception as exc:  # names are cosmetic; the authorization itself is stored
+        logger.warning("api_get_authorizer_info failed after authorization: %s", exc,
+                       extra={"authorizer_appid": authorizer.appid})
+    return authorizer
+
+
+def authorizer_bind(*, authorizer: Authorizer, tenant: Tenant) -> Authorizer:
+    with transaction.atomic():
+        row = Authorizer.objects.select_for_update().get(pk=authorizer.pk)
+        if row.tenant_id is not None and row.tenant_id != tenant.pk:
+            raise AuthorizerBoundElsewhere(
+                f"the WeChat account {row.appid} is already connected to another merchant; "
+                "contact the service provider to move it"
+            )
+        if row.tenant_id is None:
+            row.tenant = tenant
+            row.save(update_fields=["tenant", "updated_at"])
+    return row
+
+
+def authorizer_sync_info(*, authorizer: Authorizer) -> Authorizer:
+    """Names, account type, permission sets and the current refresh token from api_get_authorizer_info."""
+    config = component_config()
+    info = with_component_token(
+        lambda ctoken: wechat_client().get_authorizer_info(
+            component_access_token=ctoken, component_appid=config.appid, authorizer_appid=authorizer.appid
+        )
+    )
+    authorizer.nick_name = info.nick_name[:200]
+    authorizer.user_name = info.user_name[:64]
+    authorizer.principal_name = info.principal_name[:200]
+    authorizer.account_type = (
+        Authorizer.AccountType.MINI_PROGRAM if info.account_type == "mini_program" else Authorizer.AccountType.OFFICIAL_ACCOUNT
+    )
+    if info.func_info:
+        authorizer.func_info = sorted(set(info.func_info))
+    if info.refresh_token and info.refresh_token != authorizer.get_refresh_token():
+        authorizer.set_refresh_token(info.refresh_token)
+    authorizer.synced_at = timezone.now()
+    authorizer.save(
+        update_fields=[
+            "nick_name", "user_name", "principal_name", "account_type", "func_info",
+            "refresh_token_ciphertext", "synced_at", "updated_at",
+        ]
+    )
+    return authorizer
+
+
+def authorizer_revoke(*, authorizer: Authorizer, reason: str = "unauthorized") -> Authorizer:
+    """Status `revoked`, tokens wiped; listeners (uploads) reject its queued work after commit."""
+    with transaction.atomic():
+        row = Authorizer.objects.select_for_update().get(pk=authorizer.pk)
+        row.status = Authorizer.Status.REVOKED
+        row.wipe_tokens()
+        row.revoked_at = timezone.now()
+        row.last_error = reason
+        row.last_error_at = row.revoked_at
+        row.save()
+        transaction.on_commit(
+            lambda: authorizer_status_changed.send(sender=Authorizer, authorizer_id=row.pk, status=row.status)
+        )
+    logger.info("authorizer revoked", extra={"authorizer_appid": row.appid})
+    return row
+
+
+def authorizer_revoke_by_appid(*, component_appid: str, appid: str, reason: str = "unauthorized") -> Authorizer | None:
+    authorizer = Authorizer.objects.filter(component_appid=component_appid, appid=appid).first()
+    if authorizer is None:
+        return None
+    return authorizer_revoke(authorizer=authorizer, reason=reason)

@@ -1,0 +1,110 @@
+"""Celery tasks of the tenants app: thin wrappers over services, stable names, ids as arguments."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import timedelta
+
+from celery import shared_task
+from django.db import transaction
+from django.utils import timezone
+
+from openplatform.component import component_config
+from openplatform.models import ComponentEvent
+from openplatform.services import component_access_token_refresh, component_ticket_age, component_tickets_purge
+from openplatform.tokens import SCHEDULED_REFRESH_WINDOW
+from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
+from tenants.services.authorization import authorization_code_exchange
+from tenants.services.reconcile import authorizer_ids_due_for_refresh, authorizers_reconcile, authorizers_refresh
+
+logger = logging.getLogger(__name__)
+
+#: A ticket older than this means pushes have stopped (they come every 10 minutes).
+TICKET_STALE_AFTER = timedelta(minutes=30)
+REFRESH_BATCH_SIZE = 100
+REFRESH_JITTER_SECONDS = 60
+
+
+@shared_task(name="tenants.process_component_event", acks_late=True, max_retries=5)
+def process_component_event(event_id: int) -> None:
+    """Exchange the auth code of an authorized/updateauthorized event (idempotent)."""
+    with transaction.atomic():
+        event = ComponentEvent.objects.select_for_update().filter(pk=event_id).first()
+        if event is None or event.processed_at is not None:
+            return
+        code = event.get_auth_code()
+        try:
+            if code:
+                authorization_code_exchange(auth_code=code)
+        except AuthCodeInvalid as exc:
+            event.error = str(exc)
+        except WeChatError as exc:
+            if exc.retryable and process_component_event.request.retries < 5:
+                raise process_component_event.retry(countdown=2 ** process_component_event.request.retries) from exc
+            event.error = str(exc)
+        event.processed_at = timezone.now()
+        event.set_auth_code(None)
+        event.save()
+
+
+@shared_task(name="tenants.sweep_component_events")
+def sweep_component_events() -> int:
+    """Re-enqueue authorization events that were stored but never processed (broker was down)."""
+    cutoff = timezone.now() - timedelta(minutes=2)
+    ids = list(
+        ComponentEvent.objects.filter(processed_at__isnull=True, received_at__lt=cutoff)
+        .exclude(auth_code_ciphertext="")
+        .values_list("pk", flat=True)[:500]
+    )
+    for pk in ids:
+        process_component_event.delay(pk)
+    return len(ids)
+
+
+@shared_task(name="tenants.refresh_component_token")
+def refresh_component_token() -> int:
+    """Beat: refresh the component token ahead of expiry (no-op while enough time is left)."""
+    return component_access_token_refresh(config=component_config()).generation
+
+
+@shared_task(name="tenants.refresh_due_authorizer_tokens")
+def refresh_due_authorizer_tokens() -> int:
+    """Beat: split authorizers expiring within the window into batches, spread over a minute."""
+    ids = authorizer_ids_due_for_refresh(window=SCHEDULED_REFRESH_WINDOW)
+    for start in range(0, len(ids), REFRESH_BATCH_SIZE):
+        refresh_authorizer_tokens_batch.apply_async(
+            args=[ids[start : start + REFRESH_BATCH_SIZE]], countdown=random.uniform(0, REFRESH_JITTER_SECONDS)
+        )
+    return len(ids)
+
+
+@shared_task(name="tenants.refresh_authorizer_tokens_batch", acks_late=True)
+def refresh_authorizer_tokens_batch(authorizer_ids: list[int]) -> dict:
+    report = authorizers_refresh(authorizer_ids=authorizer_ids)
+    return {"refreshed": report.refreshed, "skipped": report.skipped, "failed": report.failed}
+
+
+@shared_task(name="tenants.ticket_watchdog")
+def ticket_watchdog() -> float | None:
+    """Beat: log an error when the newest component_verify_ticket is older than 30 minutes."""
+    age = component_ticket_age(component_appid=component_config().appid)
+    if age is None:
+        logger.error("no component_verify_ticket has ever been received: check the events URL configuration")
+        return None
+    if age > TICKET_STALE_AFTER:
+        logger.error(
+            "newest component_verify_ticket is %d minutes old (pushes come every 10 minutes): check the "
+            "events URL, or call api_start_push_ticket", age.total_seconds() // 60,
+        )
+    return age.total_seconds()
+
+
+@shared_task(name="tenants.reconcile_authorizers")
+def reconcile_authorizers() -> dict:
+    return vars(authorizers_reconcile())
+
+
+@shared_task(name="tenants.purge_old_tickets")
+def purge_old_tickets() -> int:
+    return component_tickets_purge()

@@ -1,0 +1,164 @@
+"""WeChat-facing endpoints: the authorization-event URL, per-authorizer message URL, redirect back."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from openplatform.component import component_config
+from openplatform.models import ComponentEvent
+from openplatform.queueing import enqueue_on_commit
+from openplatform.services import component_ticket_store
+from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
+from openplatform.wechat.errors import WeChatError
+from tenants.errors import TenantsError
+from tenants.tasks import process_component_event
+from tenants.services.authorization import (
+    authorization_code_exchange,
+    authorization_state_verify,
+    authorizer_revoke_by_appid,
+)
+
+logger = logging.getLogger(__name__)
+
+#: A ticket push is ~600 bytes; anything far larger is refused before it is parsed.
+MAX_EVENT_BYTES = 64 * 1024
+
+
+def _plain(text: str, status: int = 200) -> HttpResponse:
+    return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")
+
+
+def _read_verified(request: HttpRequest) -> dict[str, str] | HttpResponse:
+    """Body size check, signature check, decryption and safe XML parsing; a response on failure."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _plain("bad content length", 400)
+    if declared > MAX_EVENT_BYTES:
+        return _plain("body too large", 400)
+    body = request.read(MAX_EVENT_BYTES + 1)
+    if len(body) > MAX_EVENT_BYTES:
+        return _plain("body too large", 400)
+    config = component_config()
+    if not config.is_configured:
+        logger.error("events URL called but the component is not configured")
+        return _plain("component not configured", 503)
+    params = request.GET
+    try:
+        crypt = WXBizMsgCrypt(config.token, config.aes_key, config.appid)
+        plaintext = crypt.decrypt_message(
+            body,
+            msg_signature=params.get("msg_signature", ""),
+            timestamp=params.get("timestamp", ""),
+            nonce=params.get("nonce", ""),
+        )
+        return parse_xml_fields(plaintext)
+    except InvalidSignature:
+        logger.warning("event with a bad msg_signature refused")
+        return _plain("invalid signature", 403)
+    except CryptoError as exc:
+        logger.warning("malformed event refused: %s (%s)", exc.__class__.__name__, exc.code)
+        return _plain("malformed message", 400)
+
+
+def _pushed_at(fields: dict[str, str]) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(fields.get("CreateTime", "")), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return datetime.now(tz=UTC)
+
+
+@csrf_exempt
+@require_POST
+def component_events(request: HttpRequest) -> HttpResponse:
+    """POST /wechat/component/events/ — tickets and authorization events (WECHAT.md §1, §3)."""
+    fields = _read_verified(request)
+    if isinstance(fields, HttpResponse):
+        return fields
+    config = component_config()
+    info_type = fields.get("InfoType", "")
+    appid = fields.get("AppId", "")
+    if appid and appid != config.appid:
+        return _plain("unknown component", 400)
+    if info_type == "component_verify_ticket":
+        ticket = fields.get("ComponentVerifyTicket", "")
+        if not ticket:
+            return _plain("missing ComponentVerifyTicket", 400)
+        component_ticket_store(component_appid=config.appid, ticket=ticket, pushed_at=_pushed_at(fields))
+        return _plain("success")
+
+    authorizer_appid = fields.get("AuthorizerAppid", "")[:64]
+    event = ComponentEvent(
+        component_appid=config.appid,
+        info_type=info_type[:64] or "(none)",
+        authorizer_appid=authorizer_appid,
+        pushed_at=_pushed_at(fields),
+    )
+    if info_type in ("authorized", "updateauthorized"):
+        code = fields.get("AuthorizationCode", "")
+        if not code or not authorizer_appid:
+            return _plain("missing AuthorizationCode or AuthorizerAppid", 400)
+        event.set_auth_code(code)
+        with transaction.atomic():
+            event.save()
+            enqueue_on_commit(process_component_event, event.pk)
+    elif info_type == "unauthorized":
+        if not authorizer_appid:
+            return _plain("missing AuthorizerAppid", 400)
+        with transaction.atomic():
+            event.save()
+            authorizer_revoke_by_appid(component_appid=config.appid, appid=authorizer_appid)
+            event.processed_at = event.received_at
+            event.save(update_fields=["processed_at"])
+    else:
+        event.save()
+        logger.info("unhandled InfoType acknowledged", extra={"info_type": info_type[:64]})
+    return _plain("success")
+
+
+@csrf_exempt
+@require_POST
+def authorizer_events(request: HttpRequest, appid: str) -> HttpResponse:
+    """POST /wechat/authorizers/<appid>/events/ — messages on behalf of an account; acknowledged."""
+    fields = _read_verified(request)
+    if isinstance(fields, HttpResponse):
+        return fields
+    logger.info(
+        "authorizer message acknowledged",
+        extra={"authorizer_appid": appid[:64], "msg_type": fields.get("MsgType", "")[:32],
+               "event": fields.get("Event", "")[:64]},
+    )
+    return _plain("success")
+
+
+@require_GET
+def authorized_redirect(request: HttpRequest) -> HttpResponse:
+    """GET /wechat/component/authorized/?state=…&auth_code=… — the merchant comes back from WeChat."""
+    state = request.GET.get("state", "")
+    auth_code = request.GET.get("auth_code", "")
+    context: dict[str, object] = {"ok": False}
+    status = 400
+    if not auth_code:
+        context["message"] = "WeChat did not send an authorization code. Please start the authorization again."
+    else:
+        try:
+            tenant = authorization_state_verify(state=state)
+            authorizer = authorization_code_exchange(auth_code=auth_code, tenant=tenant)
+        except TenantsError as exc:
+            context["message"] = exc.detail
+            status = 409 if exc.code == "authorizer_bound_elsewhere" else 400
+        except WeChatError as exc:
+            logger.warning("authorization exchange failed: %s", exc)
+            context["message"] = f"WeChat refused the authorization ({exc.errcode}): please try again."
+            status = 502
+        else:
+            context.update(ok=True, authorizer=authorizer, tenant=tenant)
+            status = 200
+    return render(request, "tenants/authorized.html", context, status=status)

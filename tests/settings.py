@@ -1,0 +1,20 @@
+"""Test settings: the production settings module with test-only secrets filled in."""
+
+import os
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+# Two keys so that every test exercises MultiFernet decryption with a non-primary key available.
+os.environ.setdefault(
+    "FIELD_ENCRYPTION_KEYS",
+    "dGVzdC1vbmx5LWZpZWxkLWtleS1udW1iZXItb25lISE=,dGVzdC1vbmx5LWZpZWxkLWtleS1udW1iZXItdHdvISE=",
+)
+os.environ.setdefault("WECHAT_COMPONENT_APPID", "wxcomponent0000001")
+os.environ.setdefault("WECHAT_COMPONENT_APPSECRET", "test-component-appsecret")
+os.environ.setdefault("WECHAT_COMPONENT_TOKEN", "testtoken")
+os.environ.setdefault("WECHAT_COMPONENT_AES_KEY", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
+os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+os.environ.setdefault("WECHAT_HTTP_TIMEOUT", "5")
+
+from openplatform.settings import *  # noqa: E402,F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
