@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from openplatform.component import ComponentConfig, component_config, wechat_client
-from openplatform.models import TICKET_LIFETIME, ComponentAccessToken, ComponentVerifyTicket
+from openplatform.models import ComponentAccessToken, ComponentVerifyTicket
 from openplatform.tokens import ON_DEMAND_REFRESH_MARGIN, TokenLease
 from openplatform.wechat.errors import MissingTicket, TicketInvalid, TokenInvalid, WeChatError
 

@@ -231,3 +231,11 @@ REST_FRAMEWORK.update(
 
 # Throttle counters and other shared state: Redis when CACHE_URL says so, else per-process memory.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+
+# --- Uploads ---
+#: A worker owns an `uploading` upload this long; must outlive every timeout inside one task run.
+UPLOAD_LEASE_SECONDS = env.int("UPLOAD_LEASE_SECONDS", default=90)
+UPLOAD_MAX_ATTEMPTS = env.int("UPLOAD_MAX_ATTEMPTS", default=6)
+UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=2.0)
+UPLOAD_RETRY_MAX_SECONDS = env.float("UPLOAD_RETRY_MAX_SECONDS", default=60.0)
+UPLOAD_BYTES_RETENTION_DAYS = env.int("UPLOAD_BYTES_RETENTION_DAYS", default=7)

@@ -12,11 +12,19 @@ from django.utils import timezone
 
 from openplatform.component import component_config
 from openplatform.models import ComponentEvent
-from openplatform.services import component_access_token_refresh, component_ticket_age, component_tickets_purge
+from openplatform.services import (
+    component_access_token_refresh,
+    component_ticket_age,
+    component_tickets_purge,
+)
 from openplatform.tokens import SCHEDULED_REFRESH_WINDOW
 from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
 from tenants.services.authorization import authorization_code_exchange
-from tenants.services.reconcile import authorizer_ids_due_for_refresh, authorizers_reconcile, authorizers_refresh
+from tenants.services.reconcile import (
+    authorizer_ids_due_for_refresh,
+    authorizers_reconcile,
+    authorizers_refresh,
+)
 
 logger = logging.getLogger(__name__)
 

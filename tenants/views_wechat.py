@@ -18,12 +18,12 @@ from openplatform.services import component_ticket_store
 from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
 from openplatform.wechat.errors import WeChatError
 from tenants.errors import TenantsError
-from tenants.tasks import process_component_event
 from tenants.services.authorization import (
     authorization_code_exchange,
     authorization_state_verify,
     authorizer_revoke_by_appid,
 )
+from tenants.tasks import process_component_event
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,9 @@ os.environ.setdefault("WECHAT_COMPONENT_APPID", "wxcomponent0000001")
 os.environ.setdefault("WECHAT_COMPONENT_APPSECRET", "test-component-appsecret")
 os.environ.setdefault("WECHAT_COMPONENT_TOKEN", "testtoken")
 os.environ.setdefault("WECHAT_COMPONENT_AES_KEY", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG")
-os.environ.setdefault("CELERY_BROKER_URL", "memory://")
+# The real broker when the suite has Redis (worker tests need it), else an in-process one.
+os.environ.setdefault("CELERY_BROKER_URL", os.environ.get("TEST_REDIS_URL") or "memory://")
+os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "20")
 os.environ.setdefault("WECHAT_HTTP_TIMEOUT", "5")
 
 from openplatform.settings import *  # noqa: E402,F403

@@ -1,3 +1,8 @@
 from django.urls import path
 
-urlpatterns: list = []
+from uploads.api import UploadDetailApi, UploadListCreateApi
+
+urlpatterns = [
+    path("uploads/", UploadListCreateApi.as_view(), name="upload-list"),
+    path("uploads/<uuid:upload_id>/", UploadDetailApi.as_view(), name="upload-detail"),
+]

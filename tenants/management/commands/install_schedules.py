@@ -1,0 +1,10 @@
+from django.core.management.base import BaseCommand
+
+from openplatform.schedules import install_schedules
+
+
+class Command(BaseCommand):
+    help = "Create the scheduled jobs in django-celery-beat (existing entries are left as they are)."
+
+    def handle(self, *args, **options):
+        self.stdout.write(str(install_schedules()))

@@ -1,0 +1,140 @@
+"""Image checks by content (never by name or declared type), and the optional `fit` recompression.
+
+media/uploadimg accepts JPEG or PNG under 1 MB (WECHAT.md §10). We accept at most 1,048,576 bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_UPLOAD_BYTES = 1_048_576
+#: With fit=true, a larger valid image is accepted as input and made to fit.
+MAX_FIT_INPUT_BYTES = 20 * 1024 * 1024
+#: Refuse decompression bombs: a small file that claims huge dimensions.
+MAX_PIXELS = 40_000_000
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageRejected(Exception):
+    def __init__(self, code: str, detail: str, status_code: int = 400) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.status_code = code, detail, status_code
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+    sha256: str
+    original_size: int
+    fitted: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+
+def sniff_content_type(data: bytes) -> str | None:
+    if data.startswith(JPEG_MAGIC):
+        return "image/jpeg"
+    if data.startswith(PNG_MAGIC):
+        return "image/png"
+    return None
+
+
+_PIL_FORMAT = {"image/jpeg": "JPEG", "image/png": "PNG"}
+
+
+def _decode(data: bytes, content_type: str) -> Image.Image:
+    """Fully decode, so truncated or corrupt files are refused here and not by WeChat."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[content_type]])
+            if probe.width * probe.height > MAX_PIXELS:
+                raise ImageRejected("image_dimensions_too_large",
+                                    f"{probe.width}x{probe.height} pixels is more than {MAX_PIXELS:,} pixels.")
+            probe.verify()  # structure and (for PNG) chunk CRCs
+            image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[content_type]])
+            image.load()  # decodes every pixel: truncation and corrupt data show up here
+    except ImageRejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageRejected("image_dimensions_too_large", "The image's dimensions are too large.") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error):
+        raise ImageRejected("invalid_file_type", "The file is not a complete, valid JPEG or PNG image.") from None
+    return image
+
+
+def check_image(data: bytes, *, fit: bool = False) -> CheckedImage:
+    """Validate `data` as a JPEG or PNG WeChat will take; with `fit`, shrink an oversized one."""
+    if not data:
+        raise ImageRejected("empty_file", "The file is empty.")
+    content_type = sniff_content_type(data)
+    if content_type is None:
+        raise ImageRejected("invalid_file_type", "Only JPEG and PNG images are accepted (checked by content).")
+    limit = MAX_FIT_INPUT_BYTES if fit else MAX_UPLOAD_BYTES
+    if len(data) > limit:
+        raise ImageRejected(
+            "image_too_large",
+            f"The image is {len(data):,} bytes; the limit is {limit:,} bytes"
+            + ("" if fit else " (send fit=true to have it recompressed)."),
+            status_code=413,
+        )
+    image = _decode(data, content_type)
+    if len(data) <= MAX_UPLOAD_BYTES:
+        return CheckedImage(data, content_type, image.width, image.height, hashlib.sha256(data).hexdigest(), len(data))
+    fitted, width, height = fit_image(image, content_type)
+    return CheckedImage(fitted, content_type, width, height, hashlib.sha256(fitted).hexdigest(), len(data), fitted=True)
+
+
+def fit_image(image: Image.Image, content_type: str, *, limit: int = MAX_UPLOAD_BYTES) -> tuple[bytes, int, int]:
+    """Recompress, then downscale, until the encoded image fits; EXIF orientation applied, metadata dropped.
+
+    JPEG: quality steps 90 -> 50, then 85 % downscales. PNG: optimized save, then a 256-colour
+    palette that keeps alpha, then downscales; transparency is kept throughout.
+    """
+    image = ImageOps.exif_transpose(image)  # keep what the viewer saw; the EXIF tag itself is dropped
+    is_png = content_type == "image/png"
+    if not is_png and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    scale = 1.0
+    base = image
+    for _ in range(20):
+        if scale < 1.0:
+            size = (max(1, int(base.width * scale)), max(1, int(base.height * scale)))
+            image = base.resize(size, Image.Resampling.LANCZOS)
+        for candidate in (_png_candidates(image) if is_png else _jpeg_candidates(image)):
+            if len(candidate) <= limit:
+                return candidate, image.width, image.height
+        scale *= 0.85
+    raise ImageRejected("image_too_large", "The image could not be made to fit in 1 MB.", status_code=413)
+
+
+def _jpeg_candidates(image: Image.Image):
+    for quality in (90, 80, 70, 60, 50):
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=quality, optimize=True, progressive=True)
+        yield buf.getvalue()
+
+
+def _png_candidates(image: Image.Image):
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    yield buf.getvalue()
+    mode_img = image if image.mode in ("RGBA", "RGB", "L", "LA", "P") else image.convert("RGBA")
+    if mode_img.mode in ("RGB", "RGBA"):
+        palette = mode_img.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+        buf = io.BytesIO()
+        palette.save(buf, format="PNG", optimize=True)
+        yield buf.getvalue()

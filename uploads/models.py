@@ -1,0 +1,138 @@
+"""Upload records: one row per accepted image, its bytes in their own table, every WeChat call recorded."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import Authorizer, Tenant, TenantAPIKey
+
+
+class Upload(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        UPLOADING = "uploading", "Uploading"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        #: Never sent to WeChat (permission-set check failed, authorizer revoked).
+        REJECTED = "rejected", "Rejected"
+
+    FINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.REJECTED)
+
+    class RequestedBy(models.TextChoices):
+        API_KEY = "api_key", "Merchant API key"
+        ADMIN = "admin", "Admin user"
+        SCHEDULED = "scheduled", "Scheduled job"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="uploads")
+    authorizer = models.ForeignKey(Authorizer, on_delete=models.PROTECT, related_name="uploads")
+    requested_by = models.CharField(max_length=16, choices=RequestedBy.choices, default=RequestedBy.API_KEY)
+    api_key = models.ForeignKey(TenantAPIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    admin_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    idempotency_key = models.CharField(max_length=255, blank=True, default="")
+    #: SHA-256 over what makes two requests "the same" (authorizer, original bytes, fit flag).
+    request_fingerprint = models.CharField(max_length=64, blank=True, default="")
+
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveIntegerField()
+    #: Size as received when `fit` recompressed or downscaled it; else equal to size.
+    original_size = models.PositiveIntegerField()
+    fitted = models.BooleanField(default=False)
+    content_type = models.CharField(max_length=32)
+    width = models.PositiveIntegerField(default=0)
+    height = models.PositiveIntegerField(default=0)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    permission_required = models.JSONField(default=list, blank=True)
+    permission_granted = models.JSONField(default=list, blank=True)
+    permission_passed = models.BooleanField(null=True, blank=True)
+    url = models.URLField(max_length=1000, blank=True, default="")
+    errcode = models.IntegerField(null=True, blank=True)
+    errmsg = models.TextField(blank=True, default="")
+    attempts = models.PositiveIntegerField(default=0)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    #: When a queued upload may next be tried (backoff); the sweeper re-enqueues past-due ones.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    #: While `uploading`, the worker owns it until then; past it, another worker may take over.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    bytes_purged_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="upload_idempotency_key_per_tenant",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="upload_tenant_newest_idx"),
+            models.Index(fields=["status", "next_attempt_at"], name="upload_status_due_idx"),
+            models.Index(fields=["authorizer", "status"], name="upload_authorizer_status_idx"),
+            models.Index(fields=["finished_at"], name="upload_finished_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"upload {self.id} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL_STATUSES
+
+    @property
+    def permission_check(self) -> dict:
+        return {
+            "required_any_of": self.permission_required,
+            "granted": self.permission_granted,
+            "passed": self.permission_passed,
+        }
+
+
+class UploadBlob(models.Model):
+    """The image bytes, apart from the record so lists never load them; purged after retention."""
+
+    upload = models.OneToOneField(Upload, primary_key=True, on_delete=models.CASCADE, related_name="blob")
+    data = models.BinaryField()
+
+    def __str__(self) -> str:
+        return f"bytes of {self.upload_id}"
+
+
+class UploadAttempt(models.Model):
+    """One call to media/uploadimg: when, how long, and what WeChat answered (never the token)."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", "Succeeded"
+        TOKEN_INVALID = "token_invalid", "Token invalid (refreshed)"
+        TRANSIENT = "transient", "Transient error (retried)"
+        FAILED = "failed", "Failed"
+
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="attempt_records")
+    number = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    duration_ms = models.FloatField()
+    http_status = models.PositiveIntegerField(null=True, blank=True)
+    errcode = models.IntegerField(null=True, blank=True)
+    errmsg = models.TextField(blank=True, default="")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    #: Which of the authorizer's tokens was used (its generation), never the token itself.
+    token_generation = models.PositiveIntegerField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        ordering = ["upload", "number"]
+        constraints = [models.UniqueConstraint(fields=["upload", "number"], name="upload_attempt_number_unique")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.upload_id}: {self.outcome}"
