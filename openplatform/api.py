@@ -53,10 +53,12 @@ class TenantAPIKeyAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Api-Key <key>'.")
         try:
             key = parts[1].decode("ascii")
-            api_key = TenantAPIKey.objects.select_related("tenant").get_from_key(key)
-        except (UnicodeDecodeError, TenantAPIKey.DoesNotExist):
+        except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
-        if not api_key.is_valid(key):
+        prefix = key.partition(".")[0]
+        api_key = TenantAPIKey.objects.select_related("tenant").filter(prefix=prefix).first()
+        # The stored hash is checked in constant time by the library; an unknown prefix is the same 401.
+        if api_key is None or not api_key.is_valid(key):
             raise exceptions.AuthenticationFailed("Invalid API key.")
         if api_key.revoked or api_key.has_expired:
             raise exceptions.AuthenticationFailed("This API key has been revoked or has expired.")

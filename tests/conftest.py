@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["openplatform.wechat.simulator.testing"]
+pytest_plugins = ["openplatform.wechat.simulator.testing", "tests.fixtures"]
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -35,3 +35,4 @@ def _fresh_caches():
 
     cache.clear()
     yield
+
