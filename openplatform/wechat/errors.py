@@ -170,6 +170,7 @@ ERRCODE_MEANINGS: dict[int, str] = {
     40013: "invalid appid",
     40014: "invalid access token",
     40125: "invalid appsecret",
+    40164: "caller IP is not on the account's IP whitelist",
     41004: "appsecret missing",
     41005: "media data missing",
     42001: "access token expired",

@@ -1,0 +1,457 @@
+"""HTTP client for the WeChat Open Platform (third-party platform / "component") APIs we use.
+
+One private ``_call`` sends, times, parses and classifies every request (WECHAT.md §0, §11):
+- a requests timeout or connection failure -> NetworkError;
+- HTTP >= 500, or a body that is not a JSON object -> TransientError (never success);
+- a nonzero ``errcode`` -> the class chosen by ``errors.error_for``;
+- otherwise the endpoint's parser builds a typed result (a missing field -> non-retryable WeChatError).
+Retryable errors are retried with a bounded, jittered backoff (stripe-python's ``should_retry`` /
+``sleep_seconds``). Token errors are *not* retried here: the token service refreshes once and calls again.
+
+One structured log line per HTTP attempt on the "openplatform.wechat" logger. Tokens, secrets, tickets,
+the query string and bodies are never logged, and never put into exception messages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import NetworkError, TransientError, WeChatError, error_for
+from .types import (
+    AccessToken,
+    AuthorizationInfo,
+    AuthorizerInfo,
+    AuthorizerListItem,
+    AuthorizerListPage,
+    AuthorizerToken,
+    ComponentToken,
+    MalformedResponse,
+    PreAuthCode,
+    Quota,
+    UploadResult,
+    parse_access_token,
+    parse_authorization_info,
+    parse_authorizer_info,
+    parse_authorizer_list_page,
+    parse_authorizer_token,
+    parse_component_token,
+    parse_nothing,
+    parse_pre_auth_code,
+    parse_quota,
+    parse_upload_url,
+)
+
+__all__ = [
+    "AccessToken",
+    "AuthorizationInfo",
+    "AuthorizerInfo",
+    "AuthorizerListItem",
+    "AuthorizerListPage",
+    "AuthorizerToken",
+    "ComponentToken",
+    "PreAuthCode",
+    "Quota",
+    "RetryPolicy",
+    "UploadResult",
+    "WeChatClient",
+    "sniff_image",
+]
+
+logger = logging.getLogger("openplatform.wechat")
+
+T = TypeVar("T")
+
+DEFAULT_API_BASE = "https://api.weixin.qq.com"
+#: api_get_authorizer_list accepts at most 500 per page (WECHAT.md §8).
+MAX_AUTHORIZER_PAGE = 500
+_SNIPPET_CHARS = 120
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries for retryable errors only; capped exponential backoff with full jitter."""
+
+    max_retries: int = 2
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+
+    def should_retry(self, error: WeChatError, attempt: int) -> bool:
+        """``attempt`` counts the retries already made (0 after the first failure)."""
+        return bool(error.retryable) and attempt < self.max_retries
+
+    def sleep_seconds(self, attempt: int) -> float:
+        """Delay before retry number ``attempt + 1``: uniform in [0, min(max_delay, base_delay * 2**attempt)]."""
+        cap = min(self.max_delay, self.base_delay * (2 ** max(attempt, 0)))
+        return random.uniform(0, cap)
+
+
+def sniff_image(data: bytes) -> tuple[str, str]:
+    """(filename, content type) from magic bytes; uploadimg accepts only JPEG and PNG (WECHAT.md §10).
+
+    The filename is ASCII with the right extension: WeChat's multipart parser rejects others (41005).
+    """
+    if data.startswith(_JPEG_MAGIC):
+        return "image.jpg", "image/jpeg"
+    if data.startswith(_PNG_MAGIC):
+        return "image.png", "image/png"
+    raise ValueError("image data is neither JPEG nor PNG")
+
+
+def _snippet(content: bytes) -> str:
+    text = content[: _SNIPPET_CHARS * 4].decode("utf-8", errors="replace")
+    return " ".join(text.split())[:_SNIPPET_CHARS]
+
+
+def _errcode(data: dict) -> int | None:
+    value = data.get("errcode")
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class WeChatClient:
+    def __init__(
+        self,
+        *,
+        api_base: str = DEFAULT_API_BASE,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_base = api_base.rstrip("/")
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.session = session or self._pooled_session()
+        self._sleep = sleep
+
+    @staticmethod
+    def _pooled_session() -> requests.Session:
+        session = requests.Session()
+        # Many Celery threads/greenlets share one client; retries are ours, not urllib3's.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- component (third-party platform) -----------------------------------------------------------
+
+    def start_push_ticket(self, *, component_appid: str, component_secret: str) -> None:
+        # The body field is component_secret, not component_appsecret (WECHAT.md §0).
+        self._call(
+            "/cgi-bin/component/api_start_push_ticket",
+            body={"component_appid": component_appid, "component_secret": component_secret},
+            parse=parse_nothing,
+        )
+
+    def component_token(
+        self, *, component_appid: str, component_appsecret: str, verify_ticket: str
+    ) -> ComponentToken:
+        return self._call(
+            "/cgi-bin/component/api_component_token",
+            body={
+                "component_appid": component_appid,
+                "component_appsecret": component_appsecret,
+                "component_verify_ticket": verify_ticket,
+            },
+            parse=parse_component_token,
+        )
+
+    def create_preauthcode(self, *, component_access_token: str, component_appid: str) -> PreAuthCode:
+        return self._call(
+            "/cgi-bin/component/api_create_preauthcode",
+            query={"component_access_token": component_access_token},
+            body={"component_appid": component_appid},
+            parse=parse_pre_auth_code,
+        )
+
+    def query_auth(
+        self, *, component_access_token: str, component_appid: str, authorization_code: str
+    ) -> AuthorizationInfo:
+        return self._call(
+            "/cgi-bin/component/api_query_auth",
+            query={"component_access_token": component_access_token},
+            body={"component_appid": component_appid, "authorization_code": authorization_code},
+            parse=parse_authorization_info,
+        )
+
+    def authorizer_token(
+        self,
+        *,
+        component_access_token: str,
+        component_appid: str,
+        authorizer_appid: str,
+        authorizer_refresh_token: str,
+    ) -> AuthorizerToken:
+        return self._call(
+            "/cgi-bin/component/api_authorizer_token",
+            query={"component_access_token": component_access_token},
+            body={
+                "component_appid": component_appid,
+                "authorizer_appid": authorizer_appid,
+                "authorizer_refresh_token": authorizer_refresh_token,
+            },
+            parse=parse_authorizer_token,
+        )
+
+    def get_authorizer_info(
+        self, *, component_access_token: str, component_appid: str, authorizer_appid: str
+    ) -> AuthorizerInfo:
+        return self._call(
+            "/cgi-bin/component/api_get_authorizer_info",
+            query={"component_access_token": component_access_token},
+            body={"component_appid": component_appid, "authorizer_appid": authorizer_appid},
+            parse=lambda data: parse_authorizer_info(data, requested_appid=authorizer_appid),
+        )
+
+    def get_authorizer_list(
+        self, *, component_access_token: str, component_appid: str, offset: int = 0, count: int = 500
+    ) -> AuthorizerListPage:
+        if not 1 <= count <= MAX_AUTHORIZER_PAGE:
+            raise ValueError(f"count must be between 1 and {MAX_AUTHORIZER_PAGE}")
+        if offset < 0:
+            raise ValueError("offset must not be negative")
+        return self._call(
+            "/cgi-bin/component/api_get_authorizer_list",
+            query={"component_access_token": component_access_token},
+            body={"component_appid": component_appid, "offset": offset, "count": count},
+            parse=parse_authorizer_list_page,
+        )
+
+    def iter_authorizer_list(
+        self, *, component_access_token: str, component_appid: str, page_size: int = 500
+    ) -> Iterator[AuthorizerListItem]:
+        """Every authorizer, paging until ``offset >= total_count`` (or an empty page, so it always ends)."""
+        offset = 0
+        while True:
+            page = self.get_authorizer_list(
+                component_access_token=component_access_token,
+                component_appid=component_appid,
+                offset=offset,
+                count=page_size,
+            )
+            yield from page.items
+            offset += len(page.items)
+            if not page.items or offset >= page.total_count:
+                return
+
+    def component_clear_quota_v2(
+        self, *, component_appid: str, appsecret: str, appid: str | None = None
+    ) -> None:
+        """Reset quota by AppSecret: the way out when api_component_token itself answers 45009 (WECHAT.md §11)."""
+        body = {"component_appid": component_appid, "appsecret": appsecret}
+        if appid:
+            body["appid"] = appid
+        self._call("/cgi-bin/component/clear_quota/v2", body=body, parse=parse_nothing)
+
+    # --- calls with an account's (authorizer's) access token ---------------------------------------------
+
+    def upload_image(
+        self,
+        *,
+        access_token: str,
+        data: bytes,
+        retry: RetryPolicy | None = None,
+        appid: str | None = None,
+    ) -> UploadResult:
+        """media/uploadimg. ``retry`` overrides the client's policy; ``appid`` is only used in the log line.
+
+        The multipart part is rebuilt from ``data`` on every attempt, so a retry re-sends the same bytes.
+        """
+        payload = bytes(data)
+        filename, content_type = sniff_image(payload)
+        outcome: dict[str, Any] = {}
+        url = self._call(
+            "/cgi-bin/media/uploadimg",
+            query={"access_token": access_token},
+            files=lambda: {"media": (filename, payload, content_type)},
+            parse=parse_upload_url,
+            retry=retry,
+            log_appid=appid,
+            outcome=outcome,
+        )
+        return UploadResult(url=url, http_status=outcome["http_status"], latency_ms=outcome["latency_ms"])
+
+    def get_quota(self, *, access_token: str, cgi_path: str) -> Quota:
+        return self._call(
+            "/cgi-bin/openapi/quota/get",
+            query={"access_token": access_token},
+            body={"cgi_path": cgi_path},
+            parse=parse_quota,
+        )
+
+    def clear_quota(self, *, access_token: str, appid: str) -> None:
+        # At most 10 resets per account per month (48006 afterwards), WECHAT.md §11.
+        self._call(
+            "/cgi-bin/clear_quota",
+            query={"access_token": access_token},
+            body={"appid": appid},
+            parse=parse_nothing,
+        )
+
+    def stable_token(self, *, appid: str, secret: str, force_refresh: bool = False) -> AccessToken:
+        return self._call(
+            "/cgi-bin/stable_token",
+            body={
+                "grant_type": "client_credential",
+                "appid": appid,
+                "secret": secret,
+                "force_refresh": force_refresh,
+            },
+            parse=parse_access_token,
+        )
+
+    # --- the one place that talks HTTP ------------------------------------------------------------------
+
+    def _call(
+        self,
+        path: str,
+        *,
+        parse: Callable[[dict], T],
+        query: dict[str, str] | None = None,
+        body: dict[str, Any] | None = None,
+        files: Callable[[], dict] | None = None,
+        retry: RetryPolicy | None = None,
+        log_appid: str | None = None,
+        outcome: dict[str, Any] | None = None,
+    ) -> T:
+        policy = retry or self.retry
+        appids = {
+            "appid": log_appid or _body_appid(body),
+            "component_appid": (body or {}).get("component_appid"),
+        }
+        retries = 0
+        while True:
+            try:
+                return self._attempt(path, parse, query, body, files, appids, retries + 1, outcome)
+            except WeChatError as error:
+                if not policy.should_retry(error, retries):
+                    raise
+                self._sleep(policy.sleep_seconds(retries))
+                retries += 1
+
+    def _attempt(
+        self,
+        path: str,
+        parse: Callable[[dict], T],
+        query: dict[str, str] | None,
+        body: dict[str, Any] | None,
+        files: Callable[[], dict] | None,
+        appids: dict[str, str | None],
+        attempt: int,
+        outcome: dict[str, Any] | None,
+    ) -> T:
+        started = time.perf_counter()
+        status: int | None = None
+        errcode: int | None = None
+        error: Exception | None = None
+        try:
+            try:
+                response = self.session.post(
+                    self.api_base + path,
+                    params=query,
+                    json=body if files is None else None,
+                    files=files() if files is not None else None,
+                    timeout=self.timeout,
+                    allow_redirects=False,
+                )
+            except (
+                requests.Timeout,
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
+                # str(exc) carries the URL with the token in its query string: keep only the class name.
+                raise NetworkError(None, type(exc).__name__, path=path) from None
+            except requests.RequestException as exc:
+                raise WeChatError(None, type(exc).__name__, path=path) from None
+            status = response.status_code
+            data = _json_object(response.content)
+            if data is not None:
+                errcode = _errcode(data)
+            if status >= 500 or data is None:
+                raise TransientError(None, _snippet(response.content), http_status=status, path=path)
+            if errcode:
+                raise error_for(errcode, str(data.get("errmsg") or ""), http_status=status, path=path)
+            if not 200 <= status < 300:
+                raise WeChatError(None, f"unexpected HTTP status {status}", http_status=status, path=path)
+            try:
+                result = parse(data)
+            except MalformedResponse as exc:
+                raise WeChatError(None, str(exc), http_status=status, path=path) from None
+            return result
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            latency_ms = round((time.perf_counter() - started) * 1000, 1)
+            if outcome is not None:
+                outcome.update(http_status=status, latency_ms=latency_ms)
+            _log_attempt(path, appids, errcode, status, attempt, latency_ms, error)
+
+
+def _json_object(content: bytes) -> dict | None:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _body_appid(body: dict[str, Any] | None) -> str | None:
+    """The account a call is about: the authorizer when the body names one, else the component."""
+    body = body or {}
+    for key in ("authorizer_appid", "appid", "component_appid"):
+        if body.get(key):
+            return body[key]
+    return None
+
+
+def _log_attempt(
+    path: str,
+    appids: dict[str, str | None],
+    errcode: int | None,
+    status: int | None,
+    attempt: int,
+    latency_ms: float,
+    error: Exception | None,
+) -> None:
+    outcome = "ok" if error is None else type(error).__name__
+    logger.log(
+        logging.INFO if error is None else logging.WARNING,
+        "wechat %s %s appid=%s errcode=%s http_status=%s attempt=%d latency_ms=%.1f",
+        path,
+        outcome,
+        appids["appid"],
+        errcode,
+        status,
+        attempt,
+        latency_ms,
+        extra={
+            "path": path,
+            "outcome": outcome,
+            "appid": appids["appid"],
+            "component_appid": appids["component_appid"],
+            "errcode": errcode,
+            "http_status": status,
+            "attempt": attempt,
+            "latency_ms": latency_ms,
+        },
+    )
