@@ -153,8 +153,5 @@ def test_missing_ticket_has_default_message_and_no_errcode():
     assert "component_verify_ticket" in str(error)
 
 
-@pytest.mark.xfail(
-    reason="errors.ERRCODE_MEANINGS has no entry for 40164 (IP not whitelisted); reported to the lead"
-)
 def test_every_mapped_errcode_has_a_human_meaning():
     assert _every_mapped_errcode() <= set(errors.ERRCODE_MEANINGS)
