@@ -61,3 +61,12 @@ def readyz(request: HttpRequest) -> JsonResponse:
     ready = checks["database"]["ok"] and checks["broker"]["ok"]
     status = "ok" if ready and checks["ticket"]["ok"] else ("degraded" if ready else "unavailable")
     return JsonResponse({"status": status, "checks": checks}, status=200 if ready else 503)
+
+
+def not_found(request: HttpRequest, exception=None):
+    """JSON 404 under /api/ (the merchant API's error shape); Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "not_found", "detail": "No such endpoint."}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
