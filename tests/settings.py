@@ -19,4 +19,10 @@ os.environ.setdefault("WECHAT_HTTP_TIMEOUT", "5")
 
 from openplatform.settings import *  # noqa: E402,F403
 
+# A test database of its own per run, so concurrent runs on one PostgreSQL never drop each other's.
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":  # noqa: F405 (SQLite tests run in memory)
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = (  # noqa: F405
+        f"test_openplatform_{os.environ.get('TEST_DB_SUFFIX') or os.getpid()}"
+    )
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
