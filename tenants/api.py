@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -33,9 +33,10 @@ class AuthorizerSerializer(serializers.Serializer):
     status = serializers.CharField()
     permission_sets = serializers.SerializerMethodField()
     can_upload_images = serializers.BooleanField()
-    authorized_at = serializers.DateTimeField()
+    authorized_at = serializers.DateTimeField(allow_null=True)
 
-    def get_permission_sets(self, obj) -> list[PermissionSetSerializer]:  # type: ignore[valid-type]
+    @extend_schema_field(PermissionSetSerializer(many=True))
+    def get_permission_sets(self, obj) -> list[dict]:
         return [{"id": i, "name": permission_set_name(i)} for i in obj.func_info or []]
 
 
