@@ -12,11 +12,14 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
 if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Local state (SQLite file, filesystem broker, collected static files, the demo's files). VAR_DIR moves
+# it elsewhere, e.g. for a smoke test that must not touch a developer's var/.
+VAR_DIR = Path(env.str("VAR_DIR", default="") or BASE_DIR / "var").resolve()
 
 DEBUG = env.bool("DEBUG", default=False)
 
@@ -97,7 +100,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 30,
         }
     )
-    VAR_DIR.mkdir(exist_ok=True)
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -115,10 +118,16 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default="") or VAR_DIR / "static")
+# gunicorn serves the collected static files (the admin's CSS and JS) through WhiteNoise: the image
+# needs no web server of its own. Only once `collectstatic` has run (the image runs it at build).
+if STATIC_ROOT.is_dir():
+    MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+                      "whitenoise.middleware.WhiteNoiseMiddleware")
 
 # --- Security (production) ---
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+SILENCED_SYSTEM_CHECKS: list[str] = []
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
     CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)
@@ -126,6 +135,19 @@ if not DEBUG:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
     X_FRAME_OPTIONS = "DENY"
+    # HTTP -> HTTPS redirects are the TLS proxy's job (WeChat only calls https:// URLs, so one is always in
+    # front). Off by default because the container HEALTHCHECK and in-cluster callers (the staging
+    # simulator's ticket pushes) speak plain HTTP to gunicorn. SECURE_SSL_REDIRECT=1 makes Django redirect
+    # too (set BEHIND_TLS_PROXY=1 with it); the probes stay reachable over HTTP.
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    # Preload is a commitment for the whole domain that is hard to undo: the domain owner's call.
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+    # `check --deploy` stays quiet about the two decisions above, taken on purpose (deploy/OPERATIONS.md).
+    if not SECURE_SSL_REDIRECT:
+        SILENCED_SYSTEM_CHECKS.append("security.W008")
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS.append("security.W021")
 
 # --- Request size limits ---
 # An upload is at most 1 MiB; the multipart envelope adds a little. Larger bodies are refused early.
@@ -139,6 +161,32 @@ WECHAT_COMPONENT_APPID = env.str("WECHAT_COMPONENT_APPID", default="")
 WECHAT_COMPONENT_APPSECRET = env.str("WECHAT_COMPONENT_APPSECRET", default="")
 WECHAT_COMPONENT_TOKEN = env.str("WECHAT_COMPONENT_TOKEN", default="")
 WECHAT_COMPONENT_AES_KEY = env.str("WECHAT_COMPONENT_AES_KEY", default="")
+# Production never starts half-configured: without the component's credentials no ticket can be verified
+# and no token obtained. ALLOW_MISSING_COMPONENT=1 is the escape hatch for steps that only need the
+# settings to import (collectstatic while building the image); never set it on a running service.
+ALLOW_MISSING_COMPONENT = env.bool("ALLOW_MISSING_COMPONENT", default=False)
+if not DEBUG and not ALLOW_MISSING_COMPONENT:
+    _missing = [
+        name
+        for name, value in (
+            ("WECHAT_COMPONENT_APPID", WECHAT_COMPONENT_APPID),
+            ("WECHAT_COMPONENT_APPSECRET", WECHAT_COMPONENT_APPSECRET),
+            ("WECHAT_COMPONENT_TOKEN", WECHAT_COMPONENT_TOKEN),
+            ("WECHAT_COMPONENT_AES_KEY", WECHAT_COMPONENT_AES_KEY),
+        )
+        if not value
+    ]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"{', '.join(_missing)} must be set when DEBUG is off (the component's credentials, from the "
+            "WeChat Open Platform console; ALLOW_MISSING_COMPONENT=1 only for build steps like collectstatic)"
+        )
+    _aes_key = WECHAT_COMPONENT_AES_KEY
+    if len(_aes_key) != 43 or not (_aes_key.isascii() and _aes_key.isalnum()):
+        raise ImproperlyConfigured(
+            "WECHAT_COMPONENT_AES_KEY must be the 43-character EncodingAESKey ([A-Za-z0-9]) set on the "
+            "WeChat Open Platform console"
+        )
 WECHAT_HTTP_TIMEOUT = env.float("WECHAT_HTTP_TIMEOUT", default=10.0)
 WECHAT_HTTP_MAX_RETRIES = env.int("WECHAT_HTTP_MAX_RETRIES", default=2)
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
@@ -190,6 +238,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Upload images for your authorized Official Accounts and Mini Programs.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "openplatform.api_schema.add_common_error_responses",
+    ],
 }
 
 # --- Logging: one line per event, never a secret (see openplatform/logging.py) ---
@@ -240,3 +292,7 @@ UPLOAD_MAX_ATTEMPTS = env.int("UPLOAD_MAX_ATTEMPTS", default=6)
 UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=2.0)
 UPLOAD_RETRY_MAX_SECONDS = env.float("UPLOAD_RETRY_MAX_SECONDS", default=60.0)
 UPLOAD_BYTES_RETENTION_DAYS = env.int("UPLOAD_BYTES_RETENTION_DAYS", default=7)
+
+# --- Metrics ---
+#: Bearer token for GET /metrics (`Authorization: Bearer <token>`); unset and DEBUG off -> 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from openplatform import health
+from openplatform import health, metrics
 from tenants import views_wechat
 from tenants.api import AuthorizationLinkApi, AuthorizerListApi
 
@@ -18,6 +18,7 @@ urlpatterns = [
     path("wechat/authorizers/<str:appid>/events/", views_wechat.authorizer_events, name="wechat-authorizer-events"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
     path(

@@ -20,5 +20,5 @@ export PYTHONUNBUFFERED=1
 
 .venv/bin/python manage.py migrate --noinput -v0
 echo "make run: simulator on http://127.0.0.1:${SIMULATOR_PORT}, web on http://127.0.0.1:${WEB_PORT}"
-echo "make run: database ${DATABASE_URL:-sqlite (var/db.sqlite3)}, broker ${CELERY_BROKER_URL:-filesystem (var/broker)}"
+echo "make run: database ${DATABASE_URL:-sqlite (${VAR_DIR:-var}/db.sqlite3)}, broker ${CELERY_BROKER_URL:-filesystem (${VAR_DIR:-var}/broker)}"
 exec .venv/bin/honcho -f Procfile.dev start

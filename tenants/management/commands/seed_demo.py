@@ -12,6 +12,7 @@ import io
 import json
 import re
 import secrets
+import shlex
 import time
 from pathlib import Path
 
@@ -121,7 +122,10 @@ class Command(BaseCommand):
         return authorizer
 
     def _print(self, web: str, api_key: str, password: str, appid: str) -> None:
-        sample = Path(SAMPLE_FILE).resolve()
+        # Every command runs as printed when pasted into a shell: quoted where needed, no placeholders, and
+        # one line each (honcho prefixes every output line, so a continued command would not paste).
+        auth = shlex.quote(f"Authorization: Api-Key {api_key}")
+        media = shlex.quote(f"media=@{Path(SAMPLE_FILE).resolve()}")
         self.stdout.write(f"""
 ================================ demo ready ================================
 Admin console:   {web}/admin/   user: admin   password: {password}
@@ -129,15 +133,13 @@ API docs:        {web}/api/docs/
 Demo API key:    {api_key}
 Demo account:    {appid} (an Official Account authorized through the simulator)
 
-Upload a sample image:
-  curl -s -H 'Authorization: Api-Key {api_key}' \\
-       -F media=@{sample} -F authorizer_appid={appid} {web}/api/v1/uploads/
+Upload a sample image (answers 202 with the upload as JSON):
+  curl -s -H {auth} -F {media} -F authorizer_appid={appid} {web}/api/v1/uploads/
 
-Read its status (use the "id" from the answer above):
-  curl -s -H 'Authorization: Api-Key {api_key}' {web}/api/v1/uploads/<id>/
+Read its status (your uploads, newest first; one upload is {web}/api/v1/uploads/ID/):
+  curl -s -H {auth} {web}/api/v1/uploads/
 
-List your uploads and accounts:
-  curl -s -H 'Authorization: Api-Key {api_key}' {web}/api/v1/uploads/
-  curl -s -H 'Authorization: Api-Key {api_key}' {web}/api/v1/authorizers/
+List your accounts:
+  curl -s -H {auth} {web}/api/v1/authorizers/
 ============================================================================
 """)
