@@ -5,8 +5,10 @@ Every refused request is `{"code": "...", "detail": "..."}` with a 4xx status.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -40,6 +42,11 @@ class TenantPrincipal:
         return f"tenant:{self.tenant.pk}"
 
 
+#: What djangorestframework-api-key issues: an 8-character prefix, a dot, a 32-character secret.
+#: Anything else is refused before it reaches the database (a NUL byte would make PostgreSQL raise).
+_KEY_SHAPE = re.compile(r"[A-Za-z0-9]{1,16}\.[A-Za-z0-9]{1,128}")
+
+
 class TenantAPIKeyAuthentication(BaseAuthentication):
     """`Authorization: Api-Key <key>`; keys are stored hashed (djangorestframework-api-key)."""
 
@@ -55,6 +62,8 @@ class TenantAPIKeyAuthentication(BaseAuthentication):
             key = parts[1].decode("ascii")
         except UnicodeDecodeError:
             raise exceptions.AuthenticationFailed("Invalid API key.") from None
+        if not _KEY_SHAPE.fullmatch(key):
+            raise exceptions.AuthenticationFailed("Invalid API key.")
         prefix = key.partition(".")[0]
         api_key = TenantAPIKey.objects.select_related("tenant").filter(prefix=prefix).first()
         # The stored hash is checked in constant time by the library; an unknown prefix is the same 401.
@@ -110,12 +119,16 @@ _DEFAULT_CODES = {
 
 
 def api_exception_handler(exc, context) -> Response | None:
-    from django.core.exceptions import RequestDataTooBig
     from rest_framework.views import exception_handler
 
     if isinstance(exc, RequestDataTooBig):
         exc = ApiError("image_too_large", "The request body is larger than the 1 MB image limit allows.",
                        status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        exc = ApiError("too_many_fields", "The request has far more form fields or files than this API takes.")
+    elif isinstance(exc, SuspiciousOperation):
+        # Django's multipart parser refusing the body: a JSON 400 like every other refusal, not its HTML page.
+        exc = ApiError("parse_error", "The request body could not be parsed.")
     response = exception_handler(exc, context)
     if response is None:
         return None

@@ -75,15 +75,23 @@ def component_access_token_get(*, config: ComponentConfig | None = None) -> Toke
 
 
 def component_access_token_refresh(
-    *, config: ComponentConfig | None = None, failed_generation: int | None = None, force: bool = False
+    *,
+    config: ComponentConfig | None = None,
+    failed_generation: int | None = None,
+    force: bool = False,
+    margin: timedelta = ON_DEMAND_REFRESH_MARGIN,
 ) -> TokenLease:
-    """Refresh under the row lock. With `failed_generation`, refresh only if that token is still current."""
+    """Refresh under the row lock. With `failed_generation`, refresh only if that token is still current.
+
+    `margin`: refresh when less than this is left (the beat passes its wider window, so that callers
+    find the token refreshed ahead of time rather than refreshing it on demand).
+    """
     config = config or component_config()
     _token_row(config.appid)
     error: WeChatError | None = None
     with transaction.atomic():
         row = ComponentAccessToken.objects.select_for_update(no_key=True).get(component_appid=config.appid)
-        fresh_enough = row.seconds_left() > ON_DEMAND_REFRESH_MARGIN.total_seconds()
+        fresh_enough = row.seconds_left() > margin.total_seconds()
         if fresh_enough and not force and (failed_generation is None or row.generation != failed_generation):
             return TokenLease(row.get_access_token() or "", row.generation)
         try:

@@ -25,12 +25,21 @@ class AuthorizerInline(admin.TabularInline):
     can_delete = False
     show_change_link = True
 
+    def has_add_permission(self, request, obj=None):
+        return False  # authorizers come from WeChat (onboarding), never from a form
+
 
 class APIKeyInline(admin.TabularInline):
+    """Existing keys (rename, expire, revoke). New keys are made in the API key admin or with
+    `create_api_key`, which generate the key and show it once; a row added here would have none."""
+
     model = TenantAPIKey
     fields = ("name", "prefix", "created", "expiry_date", "revoked")
     readonly_fields = ("prefix", "created")
     extra = 0
+
+    def has_add_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Tenant)
@@ -79,6 +88,9 @@ class AuthorizerAdmin(admin.ModelAdmin):
         "authorized_at", "revoked_at", "synced_at", "created_at", "updated_at", "func_info",
     )
     actions = ["refresh_token_now", "resync_from_wechat", "revoke"]
+
+    def has_add_permission(self, request):
+        return False  # authorizers come from WeChat (onboarding or reconciliation), never from a form
 
     @admin.display(boolean=True, description="can upload images")
     def can_upload(self, obj: Authorizer) -> bool:

@@ -31,12 +31,20 @@ logger = logging.getLogger(__name__)
 #: A ticket older than this means pushes have stopped (they come every 10 minutes).
 TICKET_STALE_AFTER = timedelta(minutes=30)
 REFRESH_BATCH_SIZE = 100
+#: An auth code lives an hour (AuthorizationCodeExpiredTime, WECHAT.md §3); margin for clock skew.
+AUTH_CODE_LIFETIME = timedelta(hours=2)
 REFRESH_JITTER_SECONDS = 60
 
 
 @shared_task(name="tenants.process_component_event", acks_late=True, max_retries=5)
 def process_component_event(event_id: int) -> None:
-    """Exchange the auth code of an authorized/updateauthorized event (idempotent)."""
+    """Exchange the auth code of an authorized/updateauthorized event (idempotent).
+
+    The event is final once the code is exchanged or WeChat calls the code dead (61009). Any other
+    failure (no ticket yet, WeChat unreachable, ...) keeps the code and records the error, so
+    `sweep_component_events` tries again until the code itself expires: losing it would lose the
+    authorization (WECHAT.md §8: an account whose code was never exchanged may have no refresh token).
+    """
     with transaction.atomic():
         event = ComponentEvent.objects.select_for_update().filter(pk=event_id).first()
         if event is None or event.processed_at is not None:
@@ -46,11 +54,17 @@ def process_component_event(event_id: int) -> None:
             if code:
                 authorization_code_exchange(auth_code=code)
         except AuthCodeInvalid as exc:
-            event.error = str(exc)
+            event.error = str(exc)[:2000]
         except WeChatError as exc:
-            if exc.retryable and process_component_event.request.retries < 5:
-                raise process_component_event.retry(countdown=2 ** process_component_event.request.retries) from exc
-            event.error = str(exc)
+            request = process_component_event.request
+            if exc.retryable and not request.called_directly and request.retries < 5:
+                raise process_component_event.retry(countdown=2**request.retries) from exc
+            event.error = str(exc)[:2000]
+            event.save(update_fields=["error"])
+            logger.warning("authorization event not processed yet: %s", exc, extra={"event_id": event.pk})
+            return
+        else:
+            event.error = ""
         event.processed_at = timezone.now()
         event.set_auth_code(None)
         event.save()
@@ -58,10 +72,19 @@ def process_component_event(event_id: int) -> None:
 
 @shared_task(name="tenants.sweep_component_events")
 def sweep_component_events() -> int:
-    """Re-enqueue authorization events that were stored but never processed (broker was down)."""
-    cutoff = timezone.now() - timedelta(minutes=2)
+    """Re-enqueue authorization events that were stored but not processed yet (broker down, no ticket
+    yet, WeChat unreachable). Past the code's lifetime they are closed instead: the code is dead."""
+    now = timezone.now()
+    expired = ComponentEvent.objects.filter(processed_at__isnull=True, received_at__lt=now - AUTH_CODE_LIFETIME)
+    closed = expired.exclude(auth_code_ciphertext="").update(
+        processed_at=now,
+        auth_code_ciphertext="",
+        error="the authorization code expired before it could be exchanged; reconciliation will find the account",
+    )
+    if closed:
+        logger.error("%d authorization event(s) expired unprocessed", closed)
     ids = list(
-        ComponentEvent.objects.filter(processed_at__isnull=True, received_at__lt=cutoff)
+        ComponentEvent.objects.filter(processed_at__isnull=True, received_at__lt=now - timedelta(minutes=2))
         .exclude(auth_code_ciphertext="")
         .values_list("pk", flat=True)[:500]
     )
@@ -73,7 +96,7 @@ def sweep_component_events() -> int:
 @shared_task(name="tenants.refresh_component_token")
 def refresh_component_token() -> int:
     """Beat: refresh the component token ahead of expiry (no-op while enough time is left)."""
-    return component_access_token_refresh(config=component_config()).generation
+    return component_access_token_refresh(config=component_config(), margin=SCHEDULED_REFRESH_WINDOW).generation
 
 
 @shared_task(name="tenants.refresh_due_authorizer_tokens")

@@ -16,7 +16,7 @@ from openplatform.models import ComponentEvent
 from openplatform.queueing import enqueue_on_commit
 from openplatform.services import component_ticket_store
 from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
-from openplatform.wechat.errors import WeChatError
+from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
 from tenants.errors import TenantsError
 from tenants.services.authorization import (
     authorization_code_exchange,
@@ -154,6 +154,13 @@ def authorized_redirect(request: HttpRequest) -> HttpResponse:
         except TenantsError as exc:
             context["message"] = exc.detail
             status = 409 if exc.code == "authorizer_bound_elsewhere" else 400
+        except AuthCodeInvalid:
+            # 61009: the code is unknown, expired or used up; the merchant's problem, not WeChat's outage.
+            context["message"] = (
+                "This authorization code is invalid, has expired or was already used. "
+                "Please start the authorization again from a new link."
+            )
+            status = 400
         except WeChatError as exc:
             logger.warning("authorization exchange failed: %s", exc)
             context["message"] = f"WeChat refused the authorization ({exc.errcode}): please try again."

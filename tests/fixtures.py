@@ -108,3 +108,190 @@ def media_file(data: bytes, name: str = "image.png", content_type: str = "image/
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile(name, data, content_type=content_type)
+
+
+# --- Added for issue #3: live events URL, signed pushes, counters, direct accounts ---------------------
+
+COMPONENT_EVENTS_PATH = "/wechat/component/events/"
+AUTHORIZED_REDIRECT_PATH = "/wechat/component/authorized/"
+
+
+@pytest.fixture
+def live_component(component, live_server, settings):
+    """The component re-registered with its events URL on our live server (real pushes, real redirects).
+
+    Request it *before* `ticket`/`authorizer`: re-registering resets the component's state in the
+    simulator. A fresh ticket is issued and stored so the component token works either way.
+    """
+    from django.utils import timezone
+
+    settings.PUBLIC_BASE_URL = live_server.url
+    component.register_component(
+        component_appid=django_settings.WECHAT_COMPONENT_APPID,
+        component_appsecret=django_settings.WECHAT_COMPONENT_APPSECRET,
+        token=django_settings.WECHAT_COMPONENT_TOKEN,
+        encoding_aes_key=django_settings.WECHAT_COMPONENT_AES_KEY,
+        events_url=live_server.url + COMPONENT_EVENTS_PATH,
+    )
+    raw = component.issue_ticket(django_settings.WECHAT_COMPONENT_APPID)
+    component_ticket_store(component_appid=django_settings.WECHAT_COMPONENT_APPID, ticket=raw, pushed_at=timezone.now())
+    component.live_server_url = live_server.url
+    return component
+
+
+def signed_event(
+    plaintext: str,
+    *,
+    token: str | None = None,
+    aes_key: str | None = None,
+    appid: str | None = None,
+    timestamp: str = "1715943329",
+    nonce: str = "1590219412",
+) -> tuple[str, dict[str, str]]:
+    """(body, query params) of a push as WeChat sends it, encrypted and signed for our component by default."""
+    from openplatform.wechat.crypto import WXBizMsgCrypt
+
+    appid = appid or django_settings.WECHAT_COMPONENT_APPID
+    crypt = WXBizMsgCrypt(
+        token or django_settings.WECHAT_COMPONENT_TOKEN, aes_key or django_settings.WECHAT_COMPONENT_AES_KEY, appid
+    )
+    encrypt = crypt.encrypt(plaintext)
+    body = f"<xml><AppId><![CDATA[{appid}]]></AppId><Encrypt><![CDATA[{encrypt}]]></Encrypt></xml>"
+    params = {
+        "timestamp": timestamp,
+        "nonce": nonce,
+        "encrypt_type": "aes",
+        "msg_signature": crypt.sign(timestamp, nonce, encrypt),
+    }
+    return body, params
+
+
+def post_raw(client, path: str, body: bytes | str, params: dict[str, str] | None = None, **extra):
+    """POST a raw XML body through the Django test client (which re-raises any unhandled exception)."""
+    from urllib.parse import urlencode
+
+    url = path + ("?" + urlencode(params) if params else "")
+    return client.generic("POST", url, body, content_type="text/xml", **extra)
+
+
+def sim_count(simulator, path: str) -> int:
+    """How many requests the simulator has seen on `path` (e.g. "api_authorizer_token")."""
+    if not path.startswith("/"):
+        path = "/cgi-bin/component/" + path
+    return simulator.counters().get(path, 0)
+
+
+def expire_access_token(authorizer, *, seconds_ago: int = 60) -> None:
+    """Make the stored access token look expired, in the database (as if time had passed)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tenants.models import Authorizer
+
+    Authorizer.objects.filter(pk=authorizer.pk).update(
+        access_token_expires_at=timezone.now() - timedelta(seconds=seconds_ago)
+    )
+    authorizer.refresh_from_db()
+
+
+@pytest.fixture
+def make_direct_authorizer(component, db) -> Callable:
+    """An account that gave us its own AppID/AppSecret (tokens from stable_token), registered in the simulator."""
+    from tenants.models import Authorizer
+
+    def make(tenant, *, appid: str = "wxdirect00000001", secret: str = "direct-app-secret", func_info=(1, 11)):
+        component.register_direct_account(appid, secret, list(func_info))
+        authorizer = Authorizer(
+            tenant=tenant,
+            component_appid=django_settings.WECHAT_COMPONENT_APPID,
+            appid=appid,
+            mode=Authorizer.Mode.DIRECT,
+            account_type=Authorizer.AccountType.OFFICIAL_ACCOUNT,
+            func_info=sorted(func_info),
+        )
+        authorizer.set_app_secret(secret)
+        authorizer.save()
+        return authorizer
+
+    return make
+
+
+def noise_bytes(fmt: str = "PNG", size=(900, 900), mode: str = "RGB", seed: int = 0, **save_kwargs) -> bytes:
+    """An image of seeded random noise: it does not compress, so it is as large as its pixel count says."""
+    import random
+
+    width, height = size
+    pixels = random.Random(seed).randbytes(width * height * len(mode))
+    buf = io.BytesIO()
+    Image.frombytes(mode, size, pixels).save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_upload(db) -> Callable:
+    """Accept an upload through the real service (its task is not run: callers run it themselves)."""
+    from uploads.services.accept import upload_create
+
+    def make(authorizer, data: bytes | None = None, **kwargs):
+        return upload_create(
+            tenant=authorizer.tenant,
+            authorizer_appid=authorizer.appid,
+            data=data if data is not None else image_bytes("PNG"),
+            **kwargs,
+        ).upload
+
+    return make
+
+
+@pytest.fixture
+def bulk_uploads(db) -> Callable:
+    """Insert `count` upload records (and their bytes) in two queries: history for scale tests."""
+    import hashlib
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from uploads.models import Upload, UploadBlob
+
+    def make(authorizer, count: int, **fields) -> list:
+        data = image_bytes("PNG")
+        now = timezone.now()
+        defaults = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+            "original_size": len(data),
+            "content_type": "image/png",
+            "status": Upload.Status.SUCCEEDED,
+        }
+        rows = Upload.objects.bulk_create(
+            Upload(
+                tenant=authorizer.tenant,
+                authorizer=authorizer,
+                **{**defaults, "created_at": now - timedelta(seconds=count - i), **fields},
+            )
+            for i in range(count)
+        )
+        UploadBlob.objects.bulk_create(UploadBlob(upload=row, data=data) for row in rows)
+        return rows
+
+    return make
+
+
+@pytest.fixture
+def published_tasks():
+    """Every Celery message published during the test, as (task name, args), seen at the broker boundary."""
+    from celery.signals import before_task_publish
+
+    seen: list[tuple[str, list]] = []
+
+    def record(sender=None, body=None, headers=None, **kwargs) -> None:
+        seen.append((headers.get("task", sender), list(body[0])))
+
+    before_task_publish.connect(record, weak=False)
+    yield seen
+    before_task_publish.disconnect(record)
+
+
+# The real-worker fixtures (tests/worker.py), available to every test module like the ones above.
+from tests.worker import celery_worker, worker_broker  # noqa: E402,F401

@@ -18,6 +18,7 @@ from django.utils import timezone
 from openplatform.component import component_config, wechat_client
 from openplatform.services import with_component_token
 from openplatform.wechat.client import AuthorizationInfo
+from openplatform.wechat.errors import AuthCodeInvalid
 from tenants.errors import AuthorizerBoundElsewhere, InvalidState
 from tenants.models import AuthCodeExchange, Authorizer, Tenant
 from tenants.signals import authorizer_status_changed
@@ -106,6 +107,8 @@ def authorization_code_exchange(*, auth_code: str, tenant: Tenant | None = None)
             exchange.save()
         else:
             authorizer = exchange.authorizer
+    if authorizer is None:  # exchanged long ago, and that authorizer has since been deleted
+        raise AuthCodeInvalid(61009, "this authorization code was already used")
     if tenant is not None:
         authorizer = authorizer_bind(authorizer=authorizer, tenant=tenant)
     return authorizer
@@ -155,31 +158,41 @@ def authorizer_bind(*, authorizer: Authorizer, tenant: Tenant) -> Authorizer:
     return row
 
 
+_SYNCED_FIELDS = ("nick_name", "user_name", "principal_name", "account_type", "func_info", "refresh_token_ciphertext",
+                  "synced_at")
+
+
 def authorizer_sync_info(*, authorizer: Authorizer) -> Authorizer:
-    """Names, account type, permission sets and the current refresh token from api_get_authorizer_info."""
+    """Names, account type, permission sets and the current refresh token from api_get_authorizer_info.
+
+    Written under the row lock, columns of its own only. The refresh token is a compare-and-swap
+    (WECHAT.md §7): it is replaced only if the stored one is still the one we had when we asked, so a
+    refresh that rotated it meanwhile is not undone. `authorizer` is updated in place.
+    """
     config = component_config()
+    asked_with = authorizer.refresh_token_ciphertext
     info = with_component_token(
         lambda ctoken: wechat_client().get_authorizer_info(
             component_access_token=ctoken, component_appid=config.appid, authorizer_appid=authorizer.appid
         )
     )
-    authorizer.nick_name = info.nick_name[:200]
-    authorizer.user_name = info.user_name[:64]
-    authorizer.principal_name = info.principal_name[:200]
-    authorizer.account_type = (
-        Authorizer.AccountType.MINI_PROGRAM if info.account_type == "mini_program" else Authorizer.AccountType.OFFICIAL_ACCOUNT
-    )
-    if info.func_info:
-        authorizer.func_info = sorted(set(info.func_info))
-    if info.refresh_token and info.refresh_token != authorizer.get_refresh_token():
-        authorizer.set_refresh_token(info.refresh_token)
-    authorizer.synced_at = timezone.now()
-    authorizer.save(
-        update_fields=[
-            "nick_name", "user_name", "principal_name", "account_type", "func_info",
-            "refresh_token_ciphertext", "synced_at", "updated_at",
-        ]
-    )
+    with transaction.atomic():
+        row = Authorizer.objects.select_for_update(no_key=True).get(pk=authorizer.pk)
+        row.nick_name = info.nick_name[:200]
+        row.user_name = info.user_name[:64]
+        row.principal_name = info.principal_name[:200]
+        row.account_type = (
+            Authorizer.AccountType.MINI_PROGRAM if info.account_type == "mini_program" else Authorizer.AccountType.OFFICIAL_ACCOUNT
+        )
+        if info.func_info:
+            row.func_info = sorted(set(info.func_info))
+        unchanged = row.refresh_token_ciphertext == asked_with
+        if info.refresh_token and unchanged and info.refresh_token != row.get_refresh_token():
+            row.set_refresh_token(info.refresh_token)
+        row.synced_at = timezone.now()
+        row.save(update_fields=[*_SYNCED_FIELDS, "updated_at"])
+    for name in (*_SYNCED_FIELDS, "updated_at"):
+        setattr(authorizer, name, getattr(row, name))
     return authorizer
 
 

@@ -7,13 +7,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from openplatform.component import component_config, wechat_client
-from openplatform.services import component_access_token_get, with_component_token
+from openplatform.services import with_component_token
 from openplatform.tokens import SCHEDULED_REFRESH_WINDOW
-from openplatform.wechat.errors import WeChatError
+from openplatform.wechat.errors import NotAuthorized, WeChatError
 from tenants.errors import AuthorizerUnavailable
 from tenants.models import Authorizer
 from tenants.services.authorization import authorizer_revoke, authorizer_sync_info
@@ -66,6 +67,8 @@ class ReconcileReport:
     revoked: int = 0
     restored: int = 0
     discovered: int = 0
+    #: Not in the list, but api_get_authorizer_info says still authorized (list paging raced a change).
+    kept: int = 0
 
 
 def authorizers_reconcile() -> ReconcileReport:
@@ -73,45 +76,107 @@ def authorizers_reconcile() -> ReconcileReport:
 
     Recovers lost or changed refresh tokens, restores `reauthorization_required` accounts WeChat
     still lists, records accounts authorized while we missed the exchange (unbound), and revokes
-    accounts WeChat no longer lists (their `unauthorized` event was missed).
+    accounts WeChat no longer lists (their `unauthorized` event was missed) once
+    api_get_authorizer_info confirms it (61003): the list is paged by offset, so a revocation
+    elsewhere while we page shifts an account out of our view, and an account authorized after the
+    list was read is not in it either.
+
+    Every change is written under the row lock and touches only its own columns, so a token a worker
+    refreshes meanwhile is never overwritten with the copy read here.
     """
     config = component_config()
     client = wechat_client()
-    component_access_token_get(config=config)
     items = with_component_token(
         lambda ctoken: list(client.iter_authorizer_list(component_access_token=ctoken, component_appid=config.appid))
     )
     report = ReconcileReport(seen=len(items))
     listed = {item.appid: item for item in items}
-    ours = {a.appid: a for a in Authorizer.objects.filter(component_appid=config.appid, mode=Authorizer.Mode.COMPONENT)}
+    ours = {
+        a.appid: a
+        for a in Authorizer.objects.filter(component_appid=config.appid, mode=Authorizer.Mode.COMPONENT).only(
+            "pk", "appid", "status", "refresh_token_ciphertext"
+        )
+    }
     for appid, item in listed.items():
         authorizer = ours.get(appid)
         if authorizer is None:
-            authorizer = Authorizer(component_appid=config.appid, appid=appid, authorized_at=timezone.now())
-            authorizer.set_refresh_token(item.refresh_token)
-            authorizer.save()
-            report.discovered += 1
-            _sync_quietly(authorizer)
+            if _discover(component_appid=config.appid, item=item):
+                report.discovered += 1
             continue
-        changed = False
-        if item.refresh_token and item.refresh_token != authorizer.get_refresh_token():
-            authorizer.set_refresh_token(item.refresh_token)
-            report.refresh_tokens_recovered += 1
-            changed = True
-        if authorizer.status == Authorizer.Status.REAUTHORIZATION_REQUIRED and item.refresh_token:
-            authorizer.status = Authorizer.Status.AUTHORIZED
-            authorizer.last_error = ""
-            report.restored += 1
-            changed = True
-        if changed:
-            authorizer.synced_at = timezone.now()
-            authorizer.save()
+        if not _needs_update(authorizer, item):  # the common case: no lock, no write
+            continue
+        recovered, restored = _apply_listed(pk=authorizer.pk, item=item)
+        report.refresh_tokens_recovered += recovered
+        report.restored += restored
     for appid, authorizer in ours.items():
-        if appid not in listed and authorizer.status != Authorizer.Status.REVOKED:
-            authorizer_revoke(authorizer=authorizer, reason="no longer in api_get_authorizer_list (revoked)")
+        if appid in listed:
+            continue
+        outcome = _confirm_unlisted(pk=authorizer.pk)
+        if outcome == "revoked":
             report.revoked += 1
+        elif outcome == "kept":
+            report.kept += 1
     logger.info("authorizers reconciled", extra=vars(report))
     return report
+
+
+def _discover(*, component_appid: str, item) -> bool:
+    """Record an account WeChat lists and we do not know (its code was never exchanged); unbound."""
+    authorizer = Authorizer(component_appid=component_appid, appid=item.appid, authorized_at=timezone.now())
+    authorizer.set_refresh_token(item.refresh_token)
+    try:
+        with transaction.atomic():
+            authorizer.save()
+    except IntegrityError:  # exchanged meanwhile (redirect or event): that path has the full record
+        return False
+    _sync_quietly(authorizer)
+    return True
+
+
+def _needs_update(authorizer: Authorizer, item) -> bool:
+    if not item.refresh_token:
+        return False
+    return (
+        authorizer.status == Authorizer.Status.REAUTHORIZATION_REQUIRED
+        or item.refresh_token != authorizer.get_refresh_token()
+    )
+
+
+def _apply_listed(*, pk: int, item) -> tuple[int, int]:
+    """Re-checked under the row lock: only what is still different is written."""
+    with transaction.atomic():
+        row = Authorizer.objects.select_for_update(no_key=True).get(pk=pk)
+        fields: list[str] = []
+        recovered = restored = 0
+        if item.refresh_token and item.refresh_token != row.get_refresh_token():
+            row.set_refresh_token(item.refresh_token)
+            fields.append("refresh_token_ciphertext")
+            recovered = 1
+        if row.status == Authorizer.Status.REAUTHORIZATION_REQUIRED and item.refresh_token:
+            row.status = Authorizer.Status.AUTHORIZED
+            row.last_error = ""
+            fields += ["status", "last_error"]
+            restored = 1
+        if fields:
+            row.synced_at = timezone.now()
+            row.save(update_fields=[*fields, "synced_at", "updated_at"])
+    return recovered, restored
+
+
+def _confirm_unlisted(*, pk: int) -> str:
+    """"revoked", "kept" or "skipped" for an account missing from the list."""
+    authorizer = Authorizer.objects.filter(pk=pk).first()
+    if authorizer is None or authorizer.status == Authorizer.Status.REVOKED:
+        return "skipped"
+    try:
+        authorizer_sync_info(authorizer=authorizer)
+    except NotAuthorized:
+        authorizer_revoke(authorizer=authorizer, reason="no longer authorized (missing from api_get_authorizer_list, 61003)")
+        return "revoked"
+    except WeChatError as exc:  # cannot tell now; the next run decides
+        logger.warning("could not confirm an unlisted authorizer: %s", exc, extra={"authorizer_appid": authorizer.appid})
+        return "skipped"
+    return "kept"
 
 
 def _sync_quietly(authorizer: Authorizer) -> None:
