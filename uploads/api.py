@@ -61,6 +61,8 @@ Refusals are `{"code": "...", "detail": "..."}`:
 | status | code | when |
 |---|---|---|
 | 400 | `missing_media` | no `media` part |
+| 400 | `multiple_media` | more than one `media` part |
+| 400 | `missing_authorizer_appid` | no `authorizer_appid` |
 | 400 | `empty_file` | `media` is empty |
 | 400 | `invalid_file_type` | not a real, complete JPEG or PNG (checked by content, not by name) |
 | 400 | `image_dimensions_too_large` | more than 40 million pixels |
@@ -144,9 +146,15 @@ class UploadListCreateApi(ListAPIView):
             # Refused before the body is read or parsed.
             raise ApiError("image_too_large", "The request body is far larger than the 1 MB image limit.",
                            status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-        media = request.FILES.get("media")
-        if media is None:
+        files = request.FILES.getlist("media")
+        if not files:
             raise ApiError("missing_media", "Send the image as the multipart part named 'media'.")
+        if len(files) > 1:  # refuse rather than silently pick one of them
+            raise ApiError("multiple_media", "Send exactly one file in the part named 'media'.")
+        media = files[0]
+        authorizer_appid = str(request.data.get("authorizer_appid", "")).strip()
+        if not authorizer_appid:
+            raise ApiError("missing_authorizer_appid", "Name the account to upload for in 'authorizer_appid'.")
         fit_raw = str(request.data.get("fit", "false")).lower()
         if fit_raw not in ("true", "false", "1", "0", ""):
             raise ApiError("invalid", "fit must be true or false")
@@ -160,7 +168,7 @@ class UploadListCreateApi(ListAPIView):
         try:
             accepted = upload_create(
                 tenant=principal.tenant,
-                authorizer_appid=str(request.data.get("authorizer_appid", "")).strip()[:64],
+                authorizer_appid=authorizer_appid[:64],
                 data=media.read(),
                 fit=fit_raw in ("true", "1"),
                 idempotency_key=idempotency_key,
@@ -175,9 +183,18 @@ class UploadListCreateApi(ListAPIView):
 
 
 class UploadDetailApi(APIView):
-    @extend_schema(summary="One upload", responses={200: UploadSerializer, 404: ErrorSerializer})
-    def get(self, request: Request, upload_id: uuid.UUID) -> Response:
-        upload = upload_get(tenant=request.user.tenant, upload_id=upload_id)
+    @extend_schema(
+        summary="One upload",
+        parameters=[OpenApiParameter("upload_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: UploadSerializer, 404: ErrorSerializer},
+    )
+    def get(self, request: Request, upload_id: str) -> Response:
+        # The URL takes any string so that a malformed id is this JSON 404, not Django's HTML one.
+        try:
+            pk = uuid.UUID(upload_id)
+        except ValueError:
+            pk = None
+        upload = upload_get(tenant=request.user.tenant, upload_id=pk) if pk else None
         if upload is None:  # another tenant's upload is indistinguishable from a missing one
             raise ApiError("not_found", "No such upload.", status_code=status.HTTP_404_NOT_FOUND)
         return Response(UploadSerializer(upload).data)

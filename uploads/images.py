@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
 import warnings
 from dataclasses import dataclass
@@ -98,43 +99,64 @@ def check_image(data: bytes, *, fit: bool = False) -> CheckedImage:
     return CheckedImage(fitted, content_type, width, height, hashlib.sha256(fitted).hexdigest(), len(data), fitted=True)
 
 
+#: `Image.info` entries that survive `fit`: they change the pixels' meaning, not who or where.
+_KEPT_INFO = frozenset({"icc_profile", "transparency"})
+
+
 def fit_image(image: Image.Image, content_type: str, *, limit: int = MAX_UPLOAD_BYTES) -> tuple[bytes, int, int]:
     """Recompress, then downscale, until the encoded image fits; EXIF orientation applied, metadata dropped.
 
-    JPEG: quality steps 90 -> 50, then 85 % downscales. PNG: optimized save, then a 256-colour
-    palette that keeps alpha, then downscales; transparency is kept throughout.
+    JPEG: quality steps 90 -> 60, then downscales. PNG: a lossless save, then a 256-colour palette
+    that keeps alpha, then downscales; transparency is kept throughout. Each downscale aims straight
+    under the limit (the encoded size follows the pixel count), so a 20 MB input takes two or three
+    rounds of encoding instead of a dozen.
     """
     image = ImageOps.exif_transpose(image)  # keep what the viewer saw; the EXIF tag itself is dropped
+    # Pillow re-writes some of `info` on save (a JPEG's COM comment, XMP): keep only what changes how
+    # the image looks (colour profile, PNG transparency) and drop every other piece of metadata.
+    image.info = {k: v for k, v in image.info.items() if k in _KEPT_INFO}
     is_png = content_type == "image/png"
     if not is_png and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     scale = 1.0
     base = image
-    for _ in range(20):
+    for _ in range(_MAX_FIT_ROUNDS):
         if scale < 1.0:
             size = (max(1, int(base.width * scale)), max(1, int(base.height * scale)))
             image = base.resize(size, Image.Resampling.LANCZOS)
-        for candidate in (_png_candidates(image) if is_png else _jpeg_candidates(image)):
+        smallest = None
+        candidates = _png_candidates(image, lossless=scale == 1.0) if is_png else _jpeg_candidates(image, limit)
+        for candidate in candidates:
             if len(candidate) <= limit:
                 return candidate, image.width, image.height
-        scale *= 0.85
+            smallest = min(smallest or len(candidate), len(candidate))
+        scale *= min(0.9, math.sqrt(limit / smallest) * 0.95)
     raise ImageRejected("image_too_large", "The image could not be made to fit in 1 MB.", status_code=413)
 
 
-def _jpeg_candidates(image: Image.Image):
-    for quality in (90, 80, 70, 60, 50):
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=quality, optimize=True, progressive=True)
-        yield buf.getvalue()
+_MAX_FIT_ROUNDS = 12
 
 
-def _png_candidates(image: Image.Image):
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
-    yield buf.getvalue()
-    mode_img = image if image.mode in ("RGBA", "RGB", "L", "LA", "P") else image.convert("RGBA")
-    if mode_img.mode in ("RGB", "RGBA"):
-        palette = mode_img.quantize(colors=256, method=Image.Quantize.FASTOCTREE)
-        buf = io.BytesIO()
-        palette.save(buf, format="PNG", optimize=True)
-        yield buf.getvalue()
+    image.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def _jpeg_candidates(image: Image.Image, limit: int):
+    for quality in (90, 80, 70, 60):
+        plain = _encode(image, "JPEG", quality=quality)
+        if len(plain) > limit * 1.1:
+            yield plain  # far off: do not spend an optimizing pass on it
+            continue
+        # Optimized Huffman tables only shrink the file, and cost a second pass: only for a likely winner.
+        optimized = _encode(image, "JPEG", quality=quality, optimize=True)
+        yield min(plain, optimized, key=len)
+
+
+def _png_candidates(image: Image.Image, *, lossless: bool):
+    palette_able = image.mode in ("RGB", "RGBA")
+    if lossless or not palette_able:
+        yield _encode(image, "PNG", optimize=True)
+    if palette_able:
+        yield _encode(image.quantize(colors=256, method=Image.Quantize.FASTOCTREE), "PNG", optimize=True)

@@ -117,6 +117,8 @@ class UploadAttempt(models.Model):
         TOKEN_INVALID = "token_invalid", "Token invalid (refreshed)"
         TRANSIENT = "transient", "Transient error (retried)"
         FAILED = "failed", "Failed"
+        #: The worker died (or hung past its lease) during this attempt; WeChat may have received it.
+        LOST = "lost", "Worker lost (result unknown)"
 
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="attempt_records")
     number = models.PositiveIntegerField()

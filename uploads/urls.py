@@ -4,5 +4,5 @@ from uploads.api import UploadDetailApi, UploadListCreateApi
 
 urlpatterns = [
     path("uploads/", UploadListCreateApi.as_view(), name="upload-list"),
-    path("uploads/<uuid:upload_id>/", UploadDetailApi.as_view(), name="upload-detail"),
+    path("uploads/<str:upload_id>/", UploadDetailApi.as_view(), name="upload-detail"),
 ]

@@ -38,7 +38,9 @@ def _fingerprint(*, authorizer_appid: str, data: bytes, fit: bool) -> str:
 
 
 def _replay(*, tenant: Tenant, idempotency_key: str, fingerprint: str) -> Accepted | None:
-    existing = Upload.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
+    existing = (
+        Upload.objects.select_related("authorizer").filter(tenant=tenant, idempotency_key=idempotency_key).first()
+    )
     if existing is None:
         return None
     if existing.request_fingerprint != fingerprint:

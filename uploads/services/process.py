@@ -3,7 +3,10 @@
 State machine: queued -> uploading (claimed with a lease) -> succeeded | failed | rejected, or back to
 queued with `next_attempt_at` for a transient error. A claim is a conditional UPDATE, so two
 deliveries of the same task never upload concurrently; a delivery that finds a live lease is told
-to come back when the lease ends (the lease outlives every timeout inside one run).
+to come back when the lease ends (the lease outlives the task's hard time limit). A run writes its
+result only while it still holds its lease (compare-and-set on `lease_until`), together with its
+attempt rows in one transaction. A run that finds an expired lease takes over and records the lost
+run as an attempt, so an upload that kills its worker every time still ends, as `failed`.
 
 45009 (daily quota) fails the upload with a clear message rather than deferring it until the quota
 resets (midnight Beijing time): a merchant expects an answer within minutes, and the admin
@@ -16,8 +19,8 @@ import logging
 import random
 import socket
 import time
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -32,7 +35,6 @@ from openplatform.wechat.errors import (
     PermissionDenied,
     QuotaExceeded,
     TokenInvalid,
-    TransientError,
     WeChatError,
 )
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images, uploadimg_hint
@@ -71,121 +73,204 @@ class Outcome:
     retry_in: float | None = None
 
 
-def _claim(upload_id) -> int:
-    now = timezone.now()
-    return Upload.objects.filter(
-        Q(pk=upload_id)
-        & (
-            Q(status=Upload.Status.QUEUED, next_attempt_at__lte=now)
-            | Q(status=Upload.Status.QUEUED, next_attempt_at__isnull=True)
-            | Q(status=Upload.Status.UPLOADING, lease_until__lt=now)
-        )
-    ).update(
-        status=Upload.Status.UPLOADING,
-        started_at=now,
-        lease_until=now + timedelta(seconds=lease_seconds()),
-        updated_at=now,
-    )
+@dataclass
+class _Run:
+    """One claimed run of an upload: the row as loaded after the claim, and the lease that owns it."""
+
+    upload: Upload
+    lease_until: datetime
+    #: Attempt rows not yet written: they are saved in one transaction with the upload's new state,
+    #: so the stored `attempts` count and the attempt rows never disagree (a run can die anywhere).
+    pending: list[UploadAttempt] = field(default_factory=list)
 
 
-def _finish(upload: Upload, status: str, *, url: str = "", errcode: int | None = None, errmsg: str = "") -> Outcome:
+def _claim(upload_id) -> tuple[datetime, bool] | None:
+    """Take the upload for this run: (lease end, took over a lost run's expired lease), or None.
+
+    Two conditional UPDATEs, so two deliveries never both win; the second one runs only when the first
+    matched nothing (the upload is not due, final, or held by a lease).
+    """
     now = timezone.now()
-    upload.status, upload.url, upload.errcode, upload.errmsg = status, url, errcode, errmsg[:4000]
-    upload.finished_at, upload.lease_until, upload.next_attempt_at = now, None, None
-    upload.save(update_fields=[
-        "status", "url", "errcode", "errmsg", "finished_at", "lease_until", "next_attempt_at",
-        "permission_required", "permission_granted", "permission_passed", "attempts", "updated_at",
-    ])
-    logger.info("upload %s", status, extra={"upload_id": str(upload.pk), "errcode": errcode})
+    lease_until = now + timedelta(seconds=lease_seconds())
+    values = {"status": Upload.Status.UPLOADING, "started_at": now, "lease_until": lease_until, "updated_at": now}
+    due = Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True)
+    if Upload.objects.filter(Q(pk=upload_id, status=Upload.Status.QUEUED) & due).update(**values):
+        return lease_until, False
+    if Upload.objects.filter(pk=upload_id, status=Upload.Status.UPLOADING, lease_until__lt=now).update(**values):
+        return lease_until, True
+    return None
+
+
+_ALWAYS_SAVED = ["permission_required", "permission_granted", "permission_passed", "attempts", "updated_at"]
+
+
+def _save_if_still_ours(run: _Run, fields: dict) -> bool:
+    """Write the run's result only while it still holds its lease (compare-and-set on lease_until)."""
+    upload = run.upload
+    for name, value in fields.items():
+        setattr(upload, name, value)
+    upload.updated_at = timezone.now()
+    values = {name: getattr(upload, name) for name in [*fields, *_ALWAYS_SAVED]}
+    with transaction.atomic():
+        written = Upload.objects.filter(
+            pk=upload.pk, status=Upload.Status.UPLOADING, lease_until=run.lease_until
+        ).update(**values)
+        if written:
+            _flush_attempts(run)
+    if not written:
+        logger.warning("upload lease lost before its result was saved", extra={"upload_id": str(upload.pk)})
+    return bool(written)
+
+
+def _finish(run: _Run, status: str, *, url: str = "", errcode: int | None = None, errmsg: str = "") -> Outcome:
+    saved = _save_if_still_ours(run, {
+        "status": status, "url": url, "errcode": errcode, "errmsg": errmsg[:4000],
+        "finished_at": timezone.now(), "lease_until": None, "next_attempt_at": None,
+    })
+    if not saved:
+        return _current(run.upload.pk)
+    logger.info("upload %s", status, extra={"upload_id": str(run.upload.pk), "errcode": errcode})
     return Outcome(status)
 
 
-def _requeue(upload: Upload, delay: float, *, errcode: int | None, errmsg: str) -> Outcome:
-    upload.status = Upload.Status.QUEUED
-    upload.errcode, upload.errmsg = errcode, errmsg[:4000]
-    upload.next_attempt_at = timezone.now() + timedelta(seconds=delay)
-    upload.lease_until = None
-    upload.save(update_fields=[
-        "status", "errcode", "errmsg", "next_attempt_at", "lease_until", "permission_required",
-        "permission_granted", "permission_passed", "attempts", "updated_at",
-    ])
+def _requeue(run: _Run, delay: float, *, errcode: int | None, errmsg: str) -> Outcome:
+    saved = _save_if_still_ours(run, {
+        "status": Upload.Status.QUEUED, "errcode": errcode, "errmsg": errmsg[:4000],
+        "next_attempt_at": timezone.now() + timedelta(seconds=delay), "lease_until": None,
+    })
+    if not saved:
+        return _current(run.upload.pk)
     return Outcome(Upload.Status.QUEUED, retry_in=delay)
 
 
+def _current(upload_id) -> Outcome:
+    """What a run that did not (or no longer does) own the upload reports: final, or when to come back."""
+    row = Upload.objects.filter(pk=upload_id).values("status", "lease_until", "next_attempt_at").first()
+    if row is None:
+        return Outcome("missing")
+    if row["status"] in Upload.FINAL_STATUSES:
+        return Outcome(row["status"])
+    # Another delivery owns a live lease, or the backoff has not elapsed: come back then.
+    due = row["lease_until"] if row["status"] == Upload.Status.UPLOADING else row["next_attempt_at"]
+    wait = max(1.0, (due - timezone.now()).total_seconds() + 1) if due else 1.0
+    return Outcome(row["status"], retry_in=wait)
+
+
 def upload_process(*, upload_id) -> Outcome:
-    upload = Upload.objects.select_related("authorizer").filter(pk=upload_id).first()
-    if upload is None or upload.is_final:
-        return Outcome(upload.status if upload else "missing")
-    if not _claim(upload_id):
-        upload.refresh_from_db(fields=["status", "lease_until", "next_attempt_at"])
-        if upload.is_final:
-            return Outcome(upload.status)
-        # Another delivery owns a live lease, or backoff has not elapsed: come back then.
-        due = upload.lease_until if upload.status == Upload.Status.UPLOADING else upload.next_attempt_at
-        wait = max(1.0, (due - timezone.now()).total_seconds() + 1) if due else 1.0
-        return Outcome(upload.status, retry_in=wait)
-    upload.status = Upload.Status.UPLOADING
-    authorizer: Authorizer = upload.authorizer
+    claim = _claim(upload_id)
+    if claim is None:
+        return _current(upload_id)
+    # Loaded after the claim, so `attempts` is what the previous run saved.
+    run = _Run(Upload.objects.select_related("authorizer").get(pk=upload_id), lease_until=claim[0])
+    upload, authorizer = run.upload, run.upload.authorizer
+    if claim[1]:
+        _record_lost_run(run)
+        if upload.attempts >= max_attempts():
+            return _finish(run, Upload.Status.FAILED, errmsg=(
+                f"gave up after {upload.attempts} attempts: the worker running it was lost "
+                "(killed, out of memory or past its time limit) every time"
+            ))
 
     if authorizer.status != Authorizer.Status.AUTHORIZED:
-        return _finish(upload, Upload.Status.REJECTED,
+        return _finish(run, Upload.Status.REJECTED,
                        errmsg=f"authorizer {authorizer.appid} is {authorizer.status}; nothing was sent to WeChat")
     granted = sorted(authorizer.func_info or [])
     upload.permission_required = list(UPLOADIMG_REQUIRED_ANY_OF)
     upload.permission_granted = granted
     upload.permission_passed = can_upload_images(granted)
     if not upload.permission_passed:
-        return _finish(upload, Upload.Status.REJECTED, errmsg=(
+        return _finish(run, Upload.Status.REJECTED, errmsg=(
             "permission-set check failed: uploadimg needs one of "
             f"{', '.join(map(str, UPLOADIMG_REQUIRED_ANY_OF))}; "
             + uploadimg_hint(is_mini_program=authorizer.is_mini_program)
         ))
     blob = UploadBlob.objects.filter(upload_id=upload.pk).values_list("data", flat=True).first()
     if blob is None:
-        return _finish(upload, Upload.Status.FAILED, errmsg="the image bytes are no longer stored (retention)")
-    return _attempt_upload(upload, authorizer, bytes(blob))
+        return _finish(run, Upload.Status.FAILED, errmsg="the image bytes are no longer stored (retention)")
+    return _attempt_upload(run, authorizer, bytes(blob))
 
 
-def _attempt_upload(upload: Upload, authorizer: Authorizer, data: bytes) -> Outcome:
+def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
+    upload = run.upload
     token_retried = False
     while True:
+        started, t0 = timezone.now(), time.perf_counter()
         try:
             lease = authorizer_access_token_get(authorizer=authorizer)
         except ReauthorizationRequired as exc:
-            return _finish(upload, Upload.Status.FAILED, errcode=61023, errmsg=str(exc))
+            return _finish(run, Upload.Status.FAILED, errcode=61023, errmsg=str(exc))
         except AuthorizerUnavailable as exc:
-            return _finish(upload, Upload.Status.REJECTED, errmsg=f"{exc}; nothing was sent to WeChat")
-        except TransientError as exc:
-            return _transient(upload, exc, "could not get an access token")
+            return _finish(run, Upload.Status.REJECTED, errmsg=f"{exc}; nothing was sent to WeChat")
         except WeChatError as exc:
-            return _finish(upload, Upload.Status.FAILED, errcode=exc.errcode, errmsg=f"access token: {exc}")
+            # Nothing reached uploadimg, but the try counts: a token endpoint that keeps failing must
+            # not keep the upload queued forever.
+            number = _next_attempt_number(upload)
+            _record_attempt(run, number, started, (time.perf_counter() - t0) * 1000, exc.http_status,
+                            exc.errcode, f"access token: {exc.describe()}",
+                            UploadAttempt.Outcome.TRANSIENT if exc.retryable else UploadAttempt.Outcome.FAILED,
+                            None)
+            if exc.retryable:
+                return _transient(run, exc, "could not get an access token")
+            return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=f"access token: {exc}")
 
-        number = upload.attempts + 1
-        upload.attempts = number
+        number = _next_attempt_number(upload)
         started = timezone.now()
         t0 = time.perf_counter()
         try:
-            result = wechat_client().upload_image(access_token=lease.token, data=data, retry=NO_RETRY)
+            result = wechat_client().upload_image(
+                access_token=lease.token, data=data, retry=NO_RETRY, appid=authorizer.appid
+            )
         except WeChatError as exc:
             duration = (time.perf_counter() - t0) * 1000
             outcome = _classify(exc, token_retried)
-            _record_attempt(upload, number, started, duration, exc.http_status, exc.errcode, exc.errmsg,
+            _record_attempt(run, number, started, duration, exc.http_status, exc.errcode, exc.errmsg,
                             outcome, lease.generation)
             if outcome == UploadAttempt.Outcome.TOKEN_INVALID:
                 token_retried = True
+                # Saved now (with the count), so a run lost from here on cannot reuse its number.
+                with transaction.atomic():
+                    Upload.objects.filter(pk=upload.pk).update(attempts=upload.attempts)
+                    _flush_attempts(run)
                 try:  # expire this token only if it is still current; one refresh, one retry
                     authorizer_access_token_refresh(authorizer=authorizer, failed_generation=lease.generation)
                 except ReauthorizationRequired as rexc:
-                    return _finish(upload, Upload.Status.FAILED, errcode=61023, errmsg=str(rexc))
-                except (WeChatError, AuthorizerUnavailable) as rexc:
-                    return _transient(upload, rexc if isinstance(rexc, WeChatError) else exc, "token refresh failed")
+                    return _finish(run, Upload.Status.FAILED, errcode=61023, errmsg=str(rexc))
+                except AuthorizerUnavailable as rexc:
+                    # Revoked while this upload was in flight: WeChat saw it and refused the token.
+                    return _finish(run, Upload.Status.FAILED, errcode=exc.errcode,
+                                   errmsg=f"{rexc} (while uploading: {exc.describe()})")
+                except WeChatError as rexc:
+                    return _transient(run, rexc, "token refresh failed")
                 continue
             if outcome == UploadAttempt.Outcome.TRANSIENT:
-                return _transient(upload, exc, "WeChat did not answer")
-            return _finish(upload, Upload.Status.FAILED, errcode=exc.errcode, errmsg=_explain(exc, authorizer))
-        _record_attempt(upload, number, started, result.latency_ms, result.http_status, 0, "ok",
+                return _transient(run, exc, "WeChat did not answer")
+            return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=_explain(exc, authorizer))
+        _record_attempt(run, number, started, result.latency_ms, result.http_status, 0, "ok",
                         UploadAttempt.Outcome.SUCCEEDED, lease.generation)
-        return _finish(upload, Upload.Status.SUCCEEDED, url=result.url, errcode=0, errmsg="")
+        return _finish(run, Upload.Status.SUCCEEDED, url=result.url, errcode=0, errmsg="")
+
+
+def _next_attempt_number(upload: Upload) -> int:
+    upload.attempts += 1
+    return upload.attempts
+
+
+def _record_lost_run(run: _Run) -> None:
+    """The previous run's lease ran out without a result: its worker died or hung, maybe mid-call.
+
+    Recorded as an attempt (WeChat may have received the image), and counted, so that an upload whose
+    run kills the worker every time ends as `failed` instead of being redelivered forever.
+    """
+    upload = run.upload
+    number = _next_attempt_number(upload)
+    _record_attempt(run, number, upload.started_at or timezone.now(), 0, None, None,
+                    "the worker running the previous attempt was lost before it saved a result; "
+                    "WeChat may or may not have received the image",
+                    UploadAttempt.Outcome.LOST, None)
+    with transaction.atomic():
+        Upload.objects.filter(pk=upload.pk).update(attempts=number)
+        _flush_attempts(run)
+    logger.warning("took over an upload whose worker was lost", extra={"upload_id": str(upload.pk)})
 
 
 def _classify(exc: WeChatError, token_retried: bool) -> str:
@@ -196,12 +281,13 @@ def _classify(exc: WeChatError, token_retried: bool) -> str:
     return UploadAttempt.Outcome.FAILED
 
 
-def _transient(upload: Upload, exc: WeChatError, what: str) -> Outcome:
+def _transient(run: _Run, exc: WeChatError, what: str) -> Outcome:
+    upload = run.upload
     errmsg = f"{what}: {exc.describe()}"
     if upload.attempts >= max_attempts():
-        return _finish(upload, Upload.Status.FAILED, errcode=exc.errcode,
+        return _finish(run, Upload.Status.FAILED, errcode=exc.errcode,
                        errmsg=f"{errmsg} (gave up after {upload.attempts} attempts)")
-    return _requeue(upload, retry_delay(upload.attempts, error=exc), errcode=exc.errcode, errmsg=errmsg)
+    return _requeue(run, retry_delay(upload.attempts, error=exc), errcode=exc.errcode, errmsg=errmsg)
 
 
 def _explain(exc: WeChatError, authorizer: Authorizer) -> str:
@@ -220,12 +306,19 @@ def _explain(exc: WeChatError, authorizer: Authorizer) -> str:
     return text
 
 
-def _record_attempt(upload, number, started, duration_ms, http_status, errcode, errmsg, outcome, generation) -> None:
-    UploadAttempt.objects.create(
-        upload=upload, number=number, started_at=started, duration_ms=round(duration_ms, 2),
+def _record_attempt(run: _Run, number, started, duration_ms, http_status, errcode, errmsg, outcome,
+                    generation) -> None:
+    run.pending.append(UploadAttempt(
+        upload=run.upload, number=number, started_at=started, duration_ms=round(duration_ms, 2),
         http_status=http_status, errcode=errcode, errmsg=(errmsg or "")[:2000], outcome=outcome,
         token_generation=generation, worker=WORKER_NAME,
-    )
+    ))
+
+
+def _flush_attempts(run: _Run) -> None:
+    if run.pending:
+        UploadAttempt.objects.bulk_create(run.pending)
+        run.pending.clear()
 
 
 def upload_retry(*, upload: Upload) -> Upload:

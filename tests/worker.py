@@ -1,0 +1,246 @@
+"""A real Celery worker process (and its own Redis broker) for end-to-end tests.
+
+`celery_worker` (module scope) starts `celery -A openplatform worker --concurrency 2 -Q celery` against
+the test database, the in-process simulator and a Redis broker, waits until it says it is ready, and
+stops it afterwards. The broker is a private `redis-server` on a free port when the binary is installed
+(so a test may stop and restart it without touching anyone else's Redis), else TEST_REDIS_URL,
+purged first. The test process's own Celery app is pointed at the same broker meanwhile.
+
+Loaded as fixtures through tests/fixtures.py; tests using them are marked `@pytest.mark.worker`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CELERY = Path(sys.executable).with_name("celery")
+IN_CI = os.environ.get("CI") == "true"
+
+#: Small on purpose: a lost worker's lease runs out quickly, retries come back quickly.
+WORKER_ENV = {
+    "UPLOAD_LEASE_SECONDS": "12",
+    "UPLOAD_RETRY_BASE_SECONDS": "0.2",
+    "UPLOAD_RETRY_MAX_SECONDS": "1",
+    "UPLOAD_MAX_ATTEMPTS": "6",
+    "WECHAT_HTTP_TIMEOUT": "4",
+    "WECHAT_HTTP_MAX_RETRIES": "1",
+    "CELERY_VISIBILITY_TIMEOUT": "30",
+}
+
+
+def _require(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (required in CI)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+        time.sleep(interval)
+
+
+class RedisBroker:
+    """A private redis-server this fixture starts, stops and restarts on one port."""
+
+    def __init__(self, port: int, logfile: Path) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.logfile = logfile
+        self.can_restart = True
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self._proc is not None:
+            return
+        with self.logfile.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self._proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--daemonize", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_until(self.answers, timeout=10, message=f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+            self._proc = None
+
+    def answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+
+class SharedBroker:
+    """TEST_REDIS_URL, when no redis-server binary is at hand: usable, but not ours to stop."""
+
+    can_restart = False
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def stop(self) -> None:
+        pass
+
+
+class CeleryWorker:
+    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+        self.logfile = logfile
+        self._log = logfile.open("wb")
+        self.proc = subprocess.Popen(
+            [str(CELERY), "-A", "openplatform", "worker", "-l", "info", "--concurrency", "2", "-Q", "celery",
+             "-n", f"uploads-e2e-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopped as a whole, and only it
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            return " ready." in self.log()
+
+        wait_until(ready, timeout=timeout, interval=0.1, message="the Celery worker to be ready")
+
+    def children(self) -> list[int]:
+        """The prefork pool's processes (children of the main worker process), from /proc."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        if path.exists():
+            return [int(pid) for pid in path.read_text().split()]
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # warm shutdown: running tasks finish, reserved ones go back
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its group is left
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@contextmanager
+def app_broker(url: str) -> Iterator[None]:
+    """Point this process's Celery app at `url` (its connection pools are rebuilt for it), then back."""
+    from openplatform.celery import app
+
+    def reset_pools() -> None:
+        if app._pool is not None:
+            app._pool.force_close_all()
+        app._pool = None
+        amqp = app.__dict__.get("amqp")
+        if amqp is not None:
+            amqp._producer_pool = None
+
+    # Celery reads CELERY_BROKER_URL from the environment before its configuration (and tests/settings.py
+    # put TEST_REDIS_URL there), so the variable is what has to change.
+    previous = os.environ.get("CELERY_BROKER_URL")
+    os.environ["CELERY_BROKER_URL"] = url
+    reset_pools()
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CELERY_BROKER_URL", None)
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous
+        reset_pools()
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    s = connection.settings_dict
+    auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
+    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.fixture(scope="module")
+def worker_broker(tmp_path_factory) -> Iterator[RedisBroker | SharedBroker]:
+    if not os.environ.get("TEST_REDIS_URL"):
+        _require("needs Redis: run `make test` with Redis on 127.0.0.1:6379 (or TEST_REDIS_URL)")
+    if shutil.which("redis-server") is None:
+        broker = SharedBroker(os.environ["TEST_REDIS_URL"])
+    else:
+        broker = RedisBroker(free_port(), tmp_path_factory.mktemp("broker") / "redis.log")
+        broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="module")
+def celery_worker(django_db_setup, simulator_server, worker_broker, tmp_path_factory) -> Iterator[CeleryWorker]:
+    """A running worker on the test database, the simulator and `worker_broker`; stopped afterwards."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        _require("needs PostgreSQL: run `make test` with PostgreSQL on 127.0.0.1:5432 (or TEST_DATABASE_URL)")
+    if not CELERY.exists():
+        _require(f"needs the celery command at {CELERY}")
+    env = {
+        **os.environ,
+        **WORKER_ENV,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": _database_url(),
+        "CELERY_BROKER_URL": worker_broker.url,
+        "WECHAT_API_BASE": simulator_server.url,
+        "WECHAT_MP_BASE": simulator_server.url,
+    }
+    with app_broker(worker_broker.url):
+        from openplatform.celery import app
+
+        app.control.purge()  # nothing left over from earlier runs or tests
+        worker = CeleryWorker(env, tmp_path_factory.mktemp("worker") / "celery.log")
+        try:
+            worker.wait_ready()
+            yield worker
+        finally:
+            worker.stop()
