@@ -245,6 +245,33 @@ def test_token_endpoint_down_counts_as_attempts_so_the_upload_still_ends(
     assert sim_count(component, UPLOADIMG) == 0
 
 
+def test_missing_ticket_requeues_the_upload_until_a_ticket_arrives(authorizer, component, make_upload):
+    """61005/61006 or no ticket at all heal with the next push (every 10 minutes): retry, don't fail."""
+    from django.conf import settings as dj_settings
+
+    from openplatform.models import ComponentAccessToken, ComponentVerifyTicket
+    from openplatform.services import component_ticket_store
+
+    upload = make_upload(authorizer)
+    expire_access_token(authorizer)
+    ComponentVerifyTicket.objects.all().delete()
+    ComponentAccessToken.objects.all().delete()
+
+    first = upload_process(upload_id=upload.pk)
+
+    upload.refresh_from_db()
+    assert first.status == "queued" and first.retry_in is not None
+    assert "component_verify_ticket" in upload.errmsg
+    assert [a.outcome for a in attempts_of(upload)] == ["transient"]
+    assert sim_count(component, UPLOADIMG) == 0
+
+    ticket = component.issue_ticket(dj_settings.WECHAT_COMPONENT_APPID)
+    component_ticket_store(component_appid=dj_settings.WECHAT_COMPONENT_APPID, ticket=ticket,
+                           pushed_at=timezone.now())
+    assert run_again(upload).status == "succeeded"
+    assert [a.outcome for a in attempts_of(upload)] == ["transient", "succeeded"]
+
+
 # -- transient errors -----------------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ from openplatform.wechat.errors import (
     InvalidPayload,
     PermissionDenied,
     QuotaExceeded,
+    TicketInvalid,
     TokenInvalid,
     WeChatError,
 )
@@ -204,12 +205,15 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
         except WeChatError as exc:
             # Nothing reached uploadimg, but the try counts: a token endpoint that keeps failing must
             # not keep the upload queued forever.
+            # A missing or rejected component ticket heals by itself within 10 minutes (the next push):
+            # retry later, like a transient error (WECHAT.md §11).
+            retry_later = exc.retryable or isinstance(exc, TicketInvalid)
             number = _next_attempt_number(upload)
             _record_attempt(run, number, started, (time.perf_counter() - t0) * 1000, exc.http_status,
                             exc.errcode, f"access token: {exc.describe()}",
-                            UploadAttempt.Outcome.TRANSIENT if exc.retryable else UploadAttempt.Outcome.FAILED,
+                            UploadAttempt.Outcome.TRANSIENT if retry_later else UploadAttempt.Outcome.FAILED,
                             None)
-            if exc.retryable:
+            if retry_later:
                 return _transient(run, exc, "could not get an access token")
             return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=f"access token: {exc}")
 
