@@ -56,6 +56,8 @@ class Upload(models.Model):
     errcode = models.IntegerField(null=True, blank=True)
     errmsg = models.TextField(blank=True, default="")
     attempts = models.PositiveIntegerField(default=0)
+    #: `attempts` when an operator last retried it: each retry gets a fresh UPLOAD_MAX_ATTEMPTS budget.
+    attempts_before_retry = models.PositiveIntegerField(default=0)
 
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -77,6 +79,7 @@ class Upload(models.Model):
             ),
         ]
         indexes = [
+            models.Index(fields=["-created_at"], name="upload_newest_idx"),
             models.Index(fields=["tenant", "-created_at"], name="upload_tenant_newest_idx"),
             models.Index(fields=["status", "next_attempt_at"], name="upload_status_due_idx"),
             models.Index(fields=["authorizer", "status"], name="upload_authorizer_status_idx"),

@@ -58,6 +58,11 @@ def max_attempts() -> int:
     return settings.UPLOAD_MAX_ATTEMPTS
 
 
+def _budget_spent(upload: Upload) -> bool:
+    """Attempts since the last operator retry have reached the limit."""
+    return upload.attempts - upload.attempts_before_retry >= max_attempts()
+
+
 def retry_delay(attempt: int, *, error: WeChatError | None = None) -> float:
     """Capped exponential backoff with full jitter; a minute-quota error waits at least a minute."""
     base, cap = settings.UPLOAD_RETRY_BASE_SECONDS, settings.UPLOAD_RETRY_MAX_SECONDS
@@ -166,7 +171,7 @@ def upload_process(*, upload_id) -> Outcome:
     upload, authorizer = run.upload, run.upload.authorizer
     if claim[1]:
         _record_lost_run(run)
-        if upload.attempts >= max_attempts():
+        if _budget_spent(upload):
             return _finish(run, Upload.Status.FAILED, errmsg=(
                 f"gave up after {upload.attempts} attempts: the worker running it was lost "
                 "(killed, out of memory or past its time limit) every time"
@@ -288,7 +293,7 @@ def _classify(exc: WeChatError, token_retried: bool) -> str:
 def _transient(run: _Run, exc: WeChatError, what: str) -> Outcome:
     upload = run.upload
     errmsg = f"{what}: {exc.describe()}"
-    if upload.attempts >= max_attempts():
+    if _budget_spent(upload):
         return _finish(run, Upload.Status.FAILED, errcode=exc.errcode,
                        errmsg=f"{errmsg} (gave up after {upload.attempts} attempts)")
     return _requeue(run, retry_delay(upload.attempts, error=exc), errcode=exc.errcode, errmsg=errmsg)
@@ -337,7 +342,7 @@ def upload_retry(*, upload: Upload) -> Upload:
     with transaction.atomic():
         Upload.objects.filter(pk=upload.pk, status=Upload.Status.FAILED).update(
             status=Upload.Status.QUEUED, next_attempt_at=timezone.now(), finished_at=None,
-            attempts=F("attempts"), updated_at=timezone.now(),
+            attempts_before_retry=F("attempts"), updated_at=timezone.now(),
         )
         enqueue_on_commit(upload_image, str(upload.pk))
     upload.refresh_from_db()
