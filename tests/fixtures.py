@@ -294,4 +294,4 @@ def published_tasks():
 
 
 # The real-worker fixtures (tests/worker.py), available to every test module like the ones above.
-from tests.worker import celery_worker, worker_broker  # noqa: E402,F401
+from tests.worker import celery_worker, worker_broker, worker_concurrency, worker_env  # noqa: E402,F401

@@ -6,6 +6,13 @@ stops it afterwards. The broker is a private `redis-server` on a free port when 
 (so a test may stop and restart it without touching anyone else's Redis), else TEST_REDIS_URL,
 purged first. The test process's own Celery app is pointed at the same broker meanwhile.
 
+A test module may override the module-scoped `worker_env` (extra environment for the worker, e.g. a
+shorter lease) and `worker_concurrency` fixtures. The worker's database connections carry the
+application name `WORKER_DB_APPLICATION_NAME`, so a test can find (and terminate) exactly those
+backends: `terminate_worker_db_connections()`. `CeleryWorker.kill()` / `.start()` SIGKILL the whole
+worker and start a fresh one; `RedisBroker.stop(keep_data=True)` saves the broker's data first, so a
+restart loses nothing (the default loses every message, as a broker without persistence does).
+
 Loaded as fixtures through tests/fixtures.py; tests using them are marked `@pytest.mark.worker`.
 """
 
@@ -40,6 +47,10 @@ WORKER_ENV = {
 }
 
 
+#: `application_name` of the worker's PostgreSQL connections (pg_stat_activity), so tests can pick them out.
+WORKER_DB_APPLICATION_NAME = "e2e-celery-worker"
+
+
 def _require(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (required in CI)", pytrace=False)
@@ -69,6 +80,7 @@ class RedisBroker:
         self.logfile = logfile
         self.can_restart = True
         self._proc: subprocess.Popen | None = None
+        self._dump = logfile.with_name(f"dump-{port}.rdb")  # written only by stop(keep_data=True)
 
     def start(self) -> None:
         if self._proc is not None:
@@ -76,16 +88,29 @@ class RedisBroker:
         with self.logfile.open("ab") as log:  # the child keeps its own copy of the descriptor
             self._proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no"],
+                 "--appendonly", "no", "--daemonize", "no",
+                 "--dir", str(self._dump.parent), "--dbfilename", self._dump.name],
                 stdout=log, stderr=subprocess.STDOUT,
             )
         wait_until(self.answers, timeout=10, message=f"redis-server on port {self.port}")
 
-    def stop(self) -> None:
-        if self._proc is not None:
+    def stop(self, *, keep_data: bool = False) -> None:
+        """Stop the server. By default its data is gone (no persistence: every queued and unacked
+        message is lost); with `keep_data` it saves a snapshot first that the next start() loads."""
+        if self._proc is None:
+            return
+        if keep_data:
+            import redis
+
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=2).shutdown(save=True)
+            except redis.ConnectionError:
+                pass  # the server closes the connection as it exits
+        else:
+            self._dump.unlink(missing_ok=True)
             self._proc.terminate()
-            self._proc.wait(timeout=10)
-            self._proc = None
+        self._proc.wait(timeout=10)
+        self._proc = None
 
     def answers(self) -> bool:
         import redis
@@ -104,20 +129,37 @@ class SharedBroker:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def stop(self) -> None:
+    def stop(self, *, keep_data: bool = False) -> None:
         pass
 
 
 class CeleryWorker:
-    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+    def __init__(self, env: dict[str, str], logfile: Path, concurrency: int = 2) -> None:
         self.logfile = logfile
+        self._env, self._concurrency = env, concurrency
         self._log = logfile.open("wb")
+        self.start()
+
+    def start(self) -> None:
+        """Start the worker process (again, after kill(): a fresh worker, its log appended)."""
+        if self._log.closed:
+            self._log = self.logfile.open("ab")
+        self._readies_before = self.log().count(" ready.")  # the log is appended to across starts
         self.proc = subprocess.Popen(
-            [str(CELERY), "-A", "openplatform", "worker", "-l", "info", "--concurrency", "2", "-Q", "celery",
-             "-n", f"uploads-e2e-{os.getpid()}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            [str(CELERY), "-A", "openplatform", "worker", "-l", "info", "--concurrency", str(self._concurrency),
+             "-Q", "celery", "-n", f"uploads-e2e-{os.getpid()}@%h",
+             "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped as a whole, and only it
         )
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool): no warm shutdown, no acks, no results."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
 
     @property
     def pid(self) -> int:
@@ -130,7 +172,7 @@ class CeleryWorker:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            return " ready." in self.log()
+            return self.log().count(" ready.") > self._readies_before
 
         wait_until(ready, timeout=timeout, interval=0.1, message="the Celery worker to be ready")
 
@@ -197,7 +239,33 @@ def _database_url() -> str:
 
     s = connection.settings_dict
     auth = s["USER"] + (f":{s['PASSWORD']}" if s.get("PASSWORD") else "")
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+    return (f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+            f"?application_name={WORKER_DB_APPLICATION_NAME}")
+
+
+def terminate_worker_db_connections() -> int:
+    """Drop every PostgreSQL connection of the worker (as a failover or a restarted server would): how many."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = %s AND pid <> pg_backend_pid()",
+            [WORKER_DB_APPLICATION_NAME],
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def worker_env() -> dict[str, str]:
+    """Extra environment for the worker, over WORKER_ENV: override in a test module to change it."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def worker_concurrency() -> int:
+    """The worker's pool size: override in a test module to change it."""
+    return 2
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +284,9 @@ def worker_broker(tmp_path_factory) -> Iterator[RedisBroker | SharedBroker]:
 
 
 @pytest.fixture(scope="module")
-def celery_worker(django_db_setup, simulator_server, worker_broker, tmp_path_factory) -> Iterator[CeleryWorker]:
+def celery_worker(
+    django_db_setup, simulator_server, worker_broker, worker_env, worker_concurrency, tmp_path_factory
+) -> Iterator[CeleryWorker]:
     """A running worker on the test database, the simulator and `worker_broker`; stopped afterwards."""
     from django.db import connection
 
@@ -227,6 +297,7 @@ def celery_worker(django_db_setup, simulator_server, worker_broker, tmp_path_fac
     env = {
         **os.environ,
         **WORKER_ENV,
+        **worker_env,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "PYTHONPATH": str(ROOT),
         "DATABASE_URL": _database_url(),
@@ -238,7 +309,7 @@ def celery_worker(django_db_setup, simulator_server, worker_broker, tmp_path_fac
         from openplatform.celery import app
 
         app.control.purge()  # nothing left over from earlier runs or tests
-        worker = CeleryWorker(env, tmp_path_factory.mktemp("worker") / "celery.log")
+        worker = CeleryWorker(env, tmp_path_factory.mktemp("worker") / "celery.log", worker_concurrency)
         try:
             worker.wait_ready()
             yield worker

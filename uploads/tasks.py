@@ -8,6 +8,7 @@ from datetime import timedelta
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -47,6 +48,14 @@ def upload_image(self, upload_id: str) -> str:
         # out, and the next run takes over, recording this one as lost.
         logger.warning("upload run hit its time limit", extra={"upload_id": upload_id})
         raise self.retry(countdown=lease_seconds() + 1) from None
+    except (OperationalError, InterfaceError) as exc:
+        # The database connection dropped (failover, restart, a killed backend); the broken connection is
+        # closed after the task. Without a retry the message would be acked as failed and the upload left
+        # to the sweeper (minutes). What the run committed stands: a claim it made keeps its lease, which
+        # the retry waits out and then takes over.
+        logger.warning("database unavailable during an upload run (%s); retrying", exc.__class__.__name__,
+                       extra={"upload_id": upload_id})
+        raise self.retry(countdown=1) from None
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in)
     return outcome.status

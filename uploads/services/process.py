@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -111,21 +111,47 @@ _ALWAYS_SAVED = ["permission_required", "permission_granted", "permission_passed
 
 
 def _save_if_still_ours(run: _Run, fields: dict) -> bool:
-    """Write the run's result only while it still holds its lease (compare-and-set on lease_until)."""
+    """Write the run's result only while it still holds its lease (compare-and-set on lease_until).
+
+    If the database connection drops (failover, server restart, a killed backend) the write is made
+    once more on a fresh connection: WeChat has usually answered by now, and a result lost here would
+    let the lease run out and the run that takes over send the image to WeChat a second time. The
+    compare-and-set makes the second write safe even when the first one did commit.
+    """
     upload = run.upload
     for name, value in fields.items():
         setattr(upload, name, value)
     upload.updated_at = timezone.now()
     values = {name: getattr(upload, name) for name in [*fields, *_ALWAYS_SAVED]}
-    with transaction.atomic():
-        written = Upload.objects.filter(
-            pk=upload.pk, status=Upload.Status.UPLOADING, lease_until=run.lease_until
-        ).update(**values)
-        if written:
-            _flush_attempts(run)
+    try:
+        written = _write_if_still_ours(run, values)
+    except (OperationalError, InterfaceError):
+        if connection.in_atomic_block:
+            raise  # inside a caller's transaction, which went with the connection: not ours to redo
+        logger.warning("database connection lost while saving an upload's result; saving it again",
+                       extra={"upload_id": str(upload.pk)})
+        connection.close()
+        written = _write_if_still_ours(run, values)
     if not written:
         logger.warning("upload lease lost before its result was saved", extra={"upload_id": str(upload.pk)})
     return bool(written)
+
+
+def _write_if_still_ours(run: _Run, values: dict) -> int:
+    pending = list(run.pending)
+    try:
+        with transaction.atomic():
+            written = Upload.objects.filter(
+                pk=run.upload.pk, status=Upload.Status.UPLOADING, lease_until=run.lease_until
+            ).update(**values)
+            if written:
+                _flush_attempts(run)
+    except DatabaseError:
+        for attempt in pending:  # rolled back: still to be written, with new ids
+            attempt.pk = None
+        run.pending[:] = pending
+        raise
+    return written
 
 
 def _finish(run: _Run, status: str, *, url: str = "", errcode: int | None = None, errmsg: str = "") -> Outcome:
