@@ -2,10 +2,24 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "openplatform.settings")
 
 app = Celery("openplatform")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def _close_old_db_connections(sender=None, **kwargs) -> None:
+    """Around each task, what Django does around each request: drop a connection that failed or
+    outlived CONN_MAX_AGE, and health-check it before reuse (CONN_HEALTH_CHECKS). Celery itself only
+    recycles connections every CELERY_DB_REUSE_MAX tasks (settings.py). Never in eager mode: a test's
+    transaction must keep its connection."""
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

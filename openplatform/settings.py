@@ -223,6 +223,12 @@ CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=120)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=100)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fix-up closes every database connection before and after each task unless this is set,
+# so each upload task opened a new PostgreSQL connection (a server process, authentication, cold
+# caches). With it, workers keep their connections as web processes do, CONN_MAX_AGE and
+# CONN_HEALTH_CHECKS apply per task (openplatform/celery.py), and Celery still recycles them after this
+# many tasks.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 

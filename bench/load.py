@@ -1,0 +1,69 @@
+"""Closed-loop load: `concurrency` clients, each with its own HTTP session, share `n` requests."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+
+@dataclass
+class LoadResult:
+    elapsed: float
+    latencies: list[float] = field(default_factory=list)  # seconds, one per request
+    results: list[Any] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+        return ordered[index] * 1000
+
+
+def run(n: int, concurrency: int, request: Callable[[requests.Session, int], Any]) -> LoadResult:
+    """Call `request(session, i)` for i in range(n) from `concurrency` threads; time the whole."""
+    counter = itertools.count()
+    lock = threading.Lock()
+    result = LoadResult(elapsed=0.0)
+    start = threading.Barrier(concurrency + 1)
+
+    def client() -> None:
+        with requests.Session() as session:
+            start.wait()
+            while True:
+                with lock:
+                    i = next(counter)
+                if i >= n:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    value = request(session, i)
+                except Exception as exc:  # recorded and reported, never hidden
+                    with lock:
+                        result.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                took = time.perf_counter() - t0
+                with lock:
+                    result.latencies.append(took)
+                    result.results.append(value)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    result.elapsed = time.perf_counter() - t0
+    return result

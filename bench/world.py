@@ -1,0 +1,137 @@
+"""The system under test, seeded through the real services: simulator, component, tenant, key, authorizers."""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from bench.env import COMPONENT
+from bench.procs import CpuMeter, Process
+from openplatform.wechat.simulator.control import SimulatorControl
+from openplatform.wechat.simulator.server import SimulatorServer
+
+UPLOADIMG = "/cgi-bin/media/uploadimg"
+AUTHORIZER_TOKEN = "/cgi-bin/component/api_authorizer_token"
+FINAL = ("succeeded", "failed", "rejected")
+
+
+def sample_image(width: int = 640, height: int = 480) -> bytes:
+    """A photo-like JPEG (gradient plus seeded noise, quality 85): the kind of image an article carries."""
+    rng = random.Random(7)
+    noise = rng.randbytes(width * height * 3)
+    pixels = bytes(
+        ((x * 255 // width) + (y * 255 // height) // 2 + (noise[(y * width + x) * 3 + c] & 0x1F)) & 0xFF
+        for y in range(height)
+        for x in range(width)
+        for c in range(3)
+    )
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (width, height), pixels).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+@dataclass
+class World:
+    sim: SimulatorServer
+    control: SimulatorControl
+    image: bytes
+    logs: Path
+    api_key: str = ""
+    tenant: object = None
+    authorizer: object = None
+    web_url: str = ""
+    web: Process | None = None
+    workers: list[Process] = field(default_factory=list)
+    cpu: CpuMeter | None = None
+    notes: list[str] = field(default_factory=list)
+
+    # -- simulator ----------------------------------------------------------------------------------------
+
+    def count(self, path: str) -> int:
+        with self.sim.state.lock:
+            return self.sim.state.counters.get(path, 0)
+
+    def store_ticket(self) -> None:
+        from django.utils import timezone
+
+        from openplatform.models import ComponentVerifyTicket
+        from openplatform.services import component_ticket_store
+
+        raw = self.control.issue_ticket(COMPONENT["component_appid"])
+        row = component_ticket_store(component_appid=COMPONENT["component_appid"], ticket=raw, pushed_at=timezone.now())
+        # The model's default bound the real clock; on the simulated day the ticket arrives "now" there.
+        ComponentVerifyTicket.objects.filter(pk=row.pk).update(received_at=timezone.now())
+
+    def onboard(self, tenant, func_info=(1, 11)):
+        """An Official Account authorizes us in the simulator; we exchange its auth code (api_query_auth)."""
+        from tenants.services.authorization import authorization_code_exchange
+
+        grant = self.control.authorize(COMPONENT["component_appid"], func_info=list(func_info))
+        return authorization_code_exchange(auth_code=grant["auth_code"], tenant=tenant)
+
+    # -- the API ------------------------------------------------------------------------------------------
+
+    def post_upload(self, session, authorizer_appid: str | None = None) -> str:
+        response = session.post(
+            f"{self.web_url}/api/v1/uploads/",
+            files={"media": ("image.jpg", self.image, "image/jpeg")},
+            data={"authorizer_appid": authorizer_appid or self.authorizer.appid},
+            headers={"Authorization": f"Api-Key {self.api_key}"},
+            timeout=60,
+        )
+        if response.status_code != 202:
+            raise RuntimeError(f"POST /api/v1/uploads/ answered {response.status_code}: {response.text[:200]}")
+        return response.json()["id"]
+
+    def wait_final(self, ids: list[str], timeout: float = 600.0) -> dict[str, int]:
+        """Poll the database until every upload in `ids` is final; {status: count}."""
+        from django.db.models import Count
+
+        from uploads.models import Upload
+
+        deadline = time.monotonic() + timeout
+        pending = list(ids)
+        while pending:
+            done = set()
+            for start in range(0, len(pending), 2000):
+                chunk = pending[start : start + 2000]
+                done |= {
+                    str(pk)
+                    for pk in Upload.objects.filter(pk__in=chunk, status__in=FINAL).values_list("pk", flat=True)
+                }
+            pending = [pk for pk in pending if pk not in done]
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} uploads still not final after {timeout:.0f} s")
+            # Polling is not free (the bench shares the machine): a long wait is polled less often.
+            time.sleep(min(0.5, 0.02 + len(pending) / 10_000))
+        statuses: dict[str, int] = {}
+        for start in range(0, len(ids), 2000):
+            for row in (
+                Upload.objects.filter(pk__in=ids[start : start + 2000]).values("status").annotate(n=Count("pk"))
+            ):
+                statuses[row["status"]] = statuses.get(row["status"], 0) + row["n"]
+        return statuses
+
+
+def start_simulator() -> tuple[SimulatorServer, SimulatorControl]:
+    sim = SimulatorServer().start()
+    sim.register_component(**COMPONENT, events_url=None)
+    return sim, SimulatorControl(sim.url)
+
+
+def seed(world: World) -> None:
+    """A tenant, its API key and one authorized Official Account, through the real services."""
+    from tenants.models import Tenant
+    from tenants.services.keys import api_key_create
+
+    world.store_ticket()
+    world.tenant = Tenant.objects.create(slug="bench", name="Bench Ltd")
+    _, world.api_key = api_key_create(tenant=world.tenant, name="bench")
+    world.authorizer = world.onboard(world.tenant)
