@@ -294,4 +294,10 @@ def published_tasks():
 
 
 # The real-worker fixtures (tests/worker.py), available to every test module like the ones above.
-from tests.worker import celery_worker, worker_broker, worker_concurrency, worker_env  # noqa: E402,F401
+from tests.worker import (  # noqa: E402,F401
+    _supervise_celery_worker,
+    celery_worker,
+    worker_broker,
+    worker_concurrency,
+    worker_env,
+)

@@ -158,6 +158,7 @@ def test_uploads_submitted_while_the_broker_is_down_finish_once_it_is_back(
         assert set(Upload.objects.filter(pk__in=ids).values_list("status", flat=True)) == {"queued"}
     finally:
         worker_broker.start()
+    celery_worker.ensure_running()  # a supervisor restarts a worker that died on the reconnect
     # The sweeper's cutoff (queued and past due for minutes) is reached: as if its beat ran later.
     Upload.objects.filter(pk__in=ids).update(next_attempt_at=timezone.now() - timedelta(minutes=5))
     assert sweep_stuck_uploads() == 3

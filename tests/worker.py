@@ -161,6 +161,17 @@ class CeleryWorker:
             pass
         self.proc.wait(timeout=10)
 
+    def ensure_running(self) -> bool:
+        """Act as the process supervisor production has (compose `restart:`, systemd): start a fresh
+        worker if this one has exited. Celery's prefork worker can die on a broker reconnect after a
+        pool child was SIGKILLed (`ValueError: file descriptor is None` in kombu's hub), a Celery bug
+        that supervisors paper over. Returns True when it had to restart."""
+        if self.proc.poll() is None:
+            return False
+        self.start()
+        self.wait_ready()
+        return True
+
     @property
     def pid(self) -> int:
         return self.proc.pid
@@ -315,3 +326,11 @@ def celery_worker(
             yield worker
         finally:
             worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _supervise_celery_worker(request):
+    """Before each test that uses the module's worker, restart it if an earlier test left it dead."""
+    if "celery_worker" in request.fixturenames:
+        request.getfixturevalue("celery_worker").ensure_running()
+    yield
