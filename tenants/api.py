@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
@@ -85,4 +85,4 @@ class AuthorizationLinkApi(APIView):
         return Response(data, status=status.HTTP_201_CREATED)
 
 
-__all__ = ["AuthorizerListApi", "AuthorizationLinkApi", "ErrorSerializer", "inline_serializer"]
+__all__ = ["AuthorizerListApi", "AuthorizationLinkApi", "ErrorSerializer"]
