@@ -220,36 +220,35 @@ def _attention(*, now: datetime, since: datetime, window: dict[str, str]) -> lis
         .order_by("-n", "authorizer__appid")[: ATTENTION_LIMIT + 1]
     )
     for row in failures:
-        if len(failing.items) == ATTENTION_LIMIT:
-            failing.truncated = True
-            break
-        failing.items.append(
-            AttentionItem(
-                appid=row["authorizer__appid"],
-                name=row["authorizer__nick_name"],
-                tenant=row["tenant__slug"] or "",
-                detail=f"{row['n']} failed uploads",
-                url=_changelist(
-                    Upload, status__exact=Upload.Status.FAILED, authorizer__id__exact=row["authorizer_id"], **window
-                ),
-            )
-        )
+        _add(failing, AttentionItem(
+            appid=row["authorizer__appid"],
+            name=row["authorizer__nick_name"],
+            tenant=row["tenant__slug"] or "",
+            detail=f"{row['n']} failed uploads",
+            url=_changelist(
+                Upload, status__exact=Upload.Status.FAILED, authorizer__id__exact=row["authorizer_id"], **window
+            ),
+        ))
     return [reauth, revoked, no_permission, failing]
 
 
-def _append(group: AttentionGroup, row: dict, detail: str) -> None:
+def _add(group: AttentionGroup, item: AttentionItem) -> None:
+    """Append up to ATTENTION_LIMIT items; past it, mark the group truncated."""
     if len(group.items) == ATTENTION_LIMIT:
         group.truncated = True
-        return
-    group.items.append(
-        AttentionItem(
-            appid=row["appid"],
-            name=row["nick_name"],
-            tenant=row["tenant__slug"] or "",
-            detail=detail,
-            url=_change(Authorizer, row["pk"]),
-        )
-    )
+    else:
+        group.items.append(item)
+
+
+def _append(group: AttentionGroup, row: dict, detail: str) -> None:
+    """An authorizer row (values of appid, nick_name, tenant__slug, pk) as an item of `group`."""
+    _add(group, AttentionItem(
+        appid=row["appid"],
+        name=row["nick_name"],
+        tenant=row["tenant__slug"] or "",
+        detail=detail,
+        url=_change(Authorizer, row["pk"]),
+    ))
 
 
 def _shorten(text: str, limit: int = 140) -> str:

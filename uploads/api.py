@@ -15,10 +15,11 @@ from rest_framework.views import APIView
 
 from openplatform.api import ApiError
 from tenants.api import ErrorSerializer
+from uploads.errors import UploadRefused
 from uploads.images import MAX_FIT_INPUT_BYTES
 from uploads.models import Upload
 from uploads.selectors import upload_get, upload_list
-from uploads.services.accept import UploadRefused, upload_create
+from uploads.services.accept import upload_create
 
 #: The multipart envelope around a file adds far less than this.
 ENVELOPE_ALLOWANCE = 64 * 1024

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from uploads.errors import UploadRefused
+
 MAX_UPLOAD_BYTES = 1_048_576
 #: With fit=true, a larger valid image is accepted as input and made to fit.
 MAX_FIT_INPUT_BYTES = 20 * 1024 * 1024
@@ -24,10 +26,8 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-class ImageRejected(Exception):
-    def __init__(self, code: str, detail: str, status_code: int = 400) -> None:
-        super().__init__(detail)
-        self.code, self.detail, self.status_code = code, detail, status_code
+class ImageRejected(UploadRefused):
+    """The bytes are not an image WeChat will take (or cannot be made to fit)."""
 
 
 @dataclass(frozen=True)

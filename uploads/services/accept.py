@@ -11,14 +11,9 @@ from django.utils import timezone
 from openplatform.queueing import enqueue_on_commit
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.selectors import authorizer_get
-from uploads.images import ImageRejected, check_image
+from uploads.errors import UploadRefused
+from uploads.images import check_image
 from uploads.models import Upload, UploadBlob
-
-
-class UploadRefused(Exception):
-    def __init__(self, code: str, detail: str, status_code: int = 400) -> None:
-        super().__init__(detail)
-        self.code, self.detail, self.status_code = code, detail, status_code
 
 
 @dataclass(frozen=True)
@@ -73,10 +68,7 @@ def upload_create(
     if authorizer is None:
         # Same answer whether the appid exists under another tenant or not at all.
         raise UploadRefused("unknown_authorizer", "No authorized WeChat account with this appid belongs to you.")
-    try:
-        image = check_image(data, fit=fit)
-    except ImageRejected as exc:
-        raise UploadRefused(exc.code, exc.detail, exc.status_code) from None
+    image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
     upload = Upload(
         tenant=tenant,
         authorizer=authorizer,

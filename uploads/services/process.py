@@ -263,9 +263,7 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
             if outcome == UploadAttempt.Outcome.TOKEN_INVALID:
                 token_retried = True
                 # Saved now (with the count), so a run lost from here on cannot reuse its number.
-                with transaction.atomic():
-                    Upload.objects.filter(pk=upload.pk).update(attempts=upload.attempts)
-                    _flush_attempts(run)
+                _save_attempts_now(run)
                 try:  # expire this token only if it is still current; one refresh, one retry
                     authorizer_access_token_refresh(authorizer=authorizer, failed_generation=lease.generation)
                 except ReauthorizationRequired as rexc:
@@ -302,9 +300,7 @@ def _record_lost_run(run: _Run) -> None:
                     "the worker running the previous attempt was lost before it saved a result; "
                     "WeChat may or may not have received the image",
                     UploadAttempt.Outcome.LOST, None)
-    with transaction.atomic():
-        Upload.objects.filter(pk=upload.pk).update(attempts=number)
-        _flush_attempts(run)
+    _save_attempts_now(run)
     logger.warning("took over an upload whose worker was lost", extra={"upload_id": str(upload.pk)})
 
 
@@ -348,6 +344,13 @@ def _record_attempt(run: _Run, number, started, duration_ms, http_status, errcod
         http_status=http_status, errcode=errcode, errmsg=(errmsg or "")[:2000], outcome=outcome,
         token_generation=generation, worker=WORKER_NAME,
     ))
+
+
+def _save_attempts_now(run: _Run) -> None:
+    """Write the attempt rows recorded so far with the count, before the run goes on."""
+    with transaction.atomic():
+        Upload.objects.filter(pk=run.upload.pk).update(attempts=run.upload.attempts)
+        _flush_attempts(run)
 
 
 def _flush_attempts(run: _Run) -> None:
