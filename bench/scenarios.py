@@ -154,7 +154,7 @@ def simulated_day(world: World, *, step: int = 240, day: int = 86400) -> dict:
 
     import django.utils.timezone as tz
 
-    from openplatform.component import wechat_client
+    from openplatform.component.config import wechat_client
     from openplatform.wechat.client import RetryPolicy
     from openplatform.wechat.errors import WeChatError
     from tenants.models import Authorizer

@@ -54,7 +54,8 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "django_celery_beat",
-    "openplatform.apps.OpenPlatformConfig",
+    "openplatform.component.apps.ComponentConfig",
+    "openplatform.ops.apps.OpsConfig",
     "tenants.apps.TenantsConfig",
     "uploads.apps.UploadsConfig",
 ]
@@ -75,7 +76,7 @@ WSGI_APPLICATION = "openplatform.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "openplatform" / "templates"],
+        "DIRS": [BASE_DIR / "openplatform" / "ops" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -246,7 +247,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "openplatform.api_schema.add_common_error_responses",
+        "openplatform.core.api_schema.add_common_error_responses",
     ],
 }
 
@@ -274,11 +275,11 @@ LOGGING = {
 
 REST_FRAMEWORK.update(
     {
-        "DEFAULT_AUTHENTICATION_CLASSES": ["openplatform.api.TenantAPIKeyAuthentication"],
+        "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.TenantAPIKeyAuthentication"],
         "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-        "DEFAULT_THROTTLE_CLASSES": ["openplatform.api.TenantRateThrottle"],
+        "DEFAULT_THROTTLE_CLASSES": ["tenants.auth.TenantRateThrottle"],
         "DEFAULT_THROTTLE_RATES": {"tenant": env.str("API_THROTTLE_RATE", default="1200/min")},
-        "EXCEPTION_HANDLER": "openplatform.api.api_exception_handler",
+        "EXCEPTION_HANDLER": "openplatform.core.api.api_exception_handler",
         "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
         "DEFAULT_PARSER_CLASSES": [
             "rest_framework.parsers.JSONParser",

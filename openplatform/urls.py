@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from openplatform import health, metrics
+from openplatform.ops import health, metrics
 from tenants import views_wechat
 from tenants.api import AuthorizationLinkApi, AuthorizerListApi
 
@@ -29,4 +29,4 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
-handler404 = "openplatform.health.not_found"
+handler404 = "openplatform.ops.health.not_found"

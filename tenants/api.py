@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from openplatform.api import ApiError
+from openplatform.core.api import ApiError
 from openplatform.wechat.errors import WeChatError
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, permission_set_name
 from tenants.selectors import authorizer_list

@@ -6,7 +6,7 @@ from django.db import models
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey
 
-from openplatform.secrets import EncryptedSecretsMixin
+from openplatform.core.secrets import EncryptedSecretsMixin
 from openplatform.wechat.permissions import can_upload_images
 
 

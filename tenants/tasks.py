@@ -10,14 +10,14 @@ from celery import shared_task
 from django.db import transaction
 from django.utils import timezone
 
-from openplatform.component import component_config
-from openplatform.models import ComponentEvent
-from openplatform.services import (
+from openplatform.component.config import component_config
+from openplatform.component.models import ComponentEvent
+from openplatform.component.services import (
     component_access_token_refresh,
     component_ticket_age,
     component_tickets_purge,
 )
-from openplatform.tokens import SCHEDULED_REFRESH_WINDOW
+from openplatform.core.tokens import SCHEDULED_REFRESH_WINDOW
 from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
 from tenants.services.authorization import authorization_code_exchange
 from tenants.services.reconcile import (

@@ -11,10 +11,10 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from openplatform.component import component_config
-from openplatform.models import ComponentEvent
-from openplatform.queueing import enqueue_on_commit
-from openplatform.services import component_ticket_store
+from openplatform.component.config import component_config
+from openplatform.component.models import ComponentEvent
+from openplatform.component.services import component_ticket_store
+from openplatform.core.queueing import enqueue_on_commit
 from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
 from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
 from tenants.errors import TenantsError

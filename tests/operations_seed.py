@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from openplatform.models import ComponentAccessToken, ComponentVerifyTicket
-from openplatform.services import component_ticket_store
+from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
+from openplatform.component.services import component_ticket_store
 from tenants.models import Authorizer, Tenant
 from uploads.models import Upload
 

@@ -16,7 +16,7 @@ from django.contrib.staticfiles import finders
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from openplatform.dashboard import dashboard_get
+from openplatform.ops.dashboard import dashboard_get
 from tests.operations_seed import SECRETS, make_authorizer_row, make_upload_row, seed_operations
 from uploads.models import Upload
 
@@ -134,7 +134,7 @@ def test_staff_without_view_permissions_get_the_plain_index(client, django_user_
 def test_a_fresh_ticket_is_not_a_warning_and_an_empty_day_says_so(admin_client, settings):
     from django.utils import timezone
 
-    from openplatform.services import component_ticket_store
+    from openplatform.component.services import component_ticket_store
 
     component_ticket_store(component_appid=settings.WECHAT_COMPONENT_APPID, ticket="t", pushed_at=timezone.now())
     html = admin_client.get("/admin/").content.decode()

@@ -29,7 +29,7 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 
-from openplatform.models import ComponentVerifyTicket
+from openplatform.component.models import ComponentVerifyTicket
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -16,8 +16,8 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import connection
 
-from openplatform.models import ComponentEvent, ComponentVerifyTicket
-from openplatform.services import component_access_token_get, component_ticket_latest
+from openplatform.component.models import ComponentEvent, ComponentVerifyTicket
+from openplatform.component.services import component_access_token_get, component_ticket_latest
 from openplatform.wechat.crypto import WXBizMsgCrypt
 from tenants.models import AuthCodeExchange, Authorizer
 from tenants.services.authorization import authorization_state_make

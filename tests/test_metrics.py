@@ -140,7 +140,7 @@ def test_every_token_refresh_record_counted_is_still_logged_by_its_service():
     import importlib
     import inspect
 
-    from openplatform.metrics import TOKEN_REFRESH_RECORDS
+    from openplatform.ops.metrics import TOKEN_REFRESH_RECORDS
 
     for logger_name, message in TOKEN_REFRESH_RECORDS:
         source = inspect.getsource(importlib.import_module(logger_name))

@@ -16,7 +16,7 @@ from django.core import signing
 from django.core.management import CommandError, call_command
 from django.utils.dateparse import parse_datetime
 
-from openplatform.models import ComponentEvent
+from openplatform.component.models import ComponentEvent
 from tenants.models import AuthCodeExchange, Authorizer
 from tenants.services.authorization import _STATE_SALT, authorization_state_make
 from tenants.tasks import process_component_event

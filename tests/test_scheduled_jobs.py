@@ -18,9 +18,9 @@ from django.db.models import F
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from openplatform.models import ComponentAccessToken, ComponentVerifyTicket
-from openplatform.schedules import SCHEDULES, install_schedules
-from openplatform.services import component_ticket_store
+from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
+from openplatform.component.services import component_ticket_store
+from openplatform.ops.schedules import SCHEDULES, install_schedules
 from tenants.models import Authorizer
 from tenants.services.reconcile import authorizer_ids_due_for_refresh
 from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh
@@ -103,7 +103,7 @@ def test_a_simulated_day_costs_at_most_13_refreshes_per_token(make_authorizer, t
     assert all(c["errcode"] == 0 for c in component.calls("/cgi-bin/component/api_authorizer_token"))
     assert 2 * 12 <= refreshes <= 2 * 13
     assert sim_count(component, "api_component_token") - component_before <= 13
-    # and a caller always found a live token with at least 240 s left (openplatform/tokens.py: the beat
+    # and a caller always found a live token with at least 240 s left (openplatform/core/tokens.py: the beat
     # replaces a token when 240-480 s remain; below 300 s a caller would refresh on demand, single flight)
     assert lowest_left >= 240 - 1
 
@@ -324,7 +324,7 @@ def test_install_schedules_is_idempotent_and_keeps_operator_edits():
 
 @pytest.mark.django_db
 def test_sweeper_closes_authorization_events_whose_code_has_expired(component, caplog):
-    from openplatform.models import ComponentEvent
+    from openplatform.component.models import ComponentEvent
     from tenants.tasks import sweep_component_events
 
     stale = ComponentEvent(component_appid=APPID, info_type="authorized", authorizer_appid="wxold")
@@ -344,7 +344,7 @@ def test_sweeper_closes_authorization_events_whose_code_has_expired(component, c
 
 @pytest.mark.django_db
 def test_component_token_beat_refreshes_ahead_of_the_on_demand_margin(component, ticket):
-    from openplatform.services import component_access_token_get
+    from openplatform.component.services import component_access_token_get
 
     first = component_access_token_get()
     ComponentAccessToken.objects.update(expires_at=timezone.now() + timedelta(seconds=900))

@@ -18,9 +18,9 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.db import connection
 
-from openplatform.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
-from openplatform.secrets import SecretDecryptionError, _multifernet
-from openplatform.services import component_ticket_latest
+from openplatform.component.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
+from openplatform.component.services import component_ticket_latest
+from openplatform.core.secrets import SecretDecryptionError, _multifernet
 from tenants.models import Authorizer
 from tenants.services.tokens import authorizer_access_token_get
 from tenants.tasks import process_component_event
@@ -58,7 +58,7 @@ def test_any_configured_key_decrypts(authorizer, settings):
 
 def _all_secrets() -> dict[tuple[str, int, str], str]:
     """Every encrypted field of every row, decrypted: {(model, pk, field): plaintext}."""
-    from openplatform.secrets import EncryptedSecretsMixin
+    from openplatform.core.secrets import EncryptedSecretsMixin
 
     found = {}
     for model in apps.get_models():

@@ -12,7 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from openplatform.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
+from openplatform.component.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.services.keys import api_key_create, api_key_revoke
 from tests.fixtures import sim_count

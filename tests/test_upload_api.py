@@ -421,7 +421,7 @@ def test_fit_input_over_its_own_limit_is_refused(api_client, authorizer):
 def test_requests_are_throttled_per_tenant_with_a_json_429(
     api_client, authorizer, make_tenant, make_api_client, monkeypatch
 ):
-    from openplatform.api import TenantRateThrottle
+    from tenants.auth import TenantRateThrottle
 
     monkeypatch.setattr(TenantRateThrottle, "THROTTLE_RATES", {"tenant": "3/min"})
     second_key_same_tenant = make_api_client(authorizer.tenant)

@@ -249,8 +249,8 @@ def test_missing_ticket_requeues_the_upload_until_a_ticket_arrives(authorizer, c
     """61005/61006 or no ticket at all heal with the next push (every 10 minutes): retry, don't fail."""
     from django.conf import settings as dj_settings
 
-    from openplatform.models import ComponentAccessToken, ComponentVerifyTicket
-    from openplatform.services import component_ticket_store
+    from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
+    from openplatform.component.services import component_ticket_store
 
     upload = make_upload(authorizer)
     expire_access_token(authorizer)

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from openplatform.api import ApiError
+from openplatform.core.api import ApiError
 from tenants.api import ErrorSerializer
 from uploads.errors import UploadRefused
 from uploads.images import MAX_FIT_INPUT_BYTES

@@ -2,7 +2,7 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import openplatform.secrets
+import openplatform.core.secrets
 from django.db import migrations, models
 
 
@@ -45,7 +45,7 @@ class Migration(migrations.Migration):
             options={
                 'ordering': ['appid'],
             },
-            bases=(openplatform.secrets.EncryptedSecretsMixin, models.Model),
+            bases=(openplatform.core.secrets.EncryptedSecretsMixin, models.Model),
         ),
         migrations.CreateModel(
             name='Tenant',

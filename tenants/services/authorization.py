@@ -15,8 +15,8 @@ from django.core import signing
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from openplatform.component import component_config, wechat_client
-from openplatform.services import with_component_token
+from openplatform.component.config import component_config, wechat_client
+from openplatform.component.services import with_component_token
 from openplatform.wechat.client import AuthorizationInfo
 from openplatform.wechat.errors import AuthCodeInvalid
 from tenants.errors import AuthorizerBoundElsewhere, InvalidState

@@ -8,7 +8,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from openplatform.component import component_config
+from openplatform.component.config import component_config
 from tenants.models import Authorizer, Tenant
 
 

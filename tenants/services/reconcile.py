@@ -11,9 +11,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from openplatform.component import component_config, wechat_client
-from openplatform.services import with_component_token
-from openplatform.tokens import SCHEDULED_REFRESH_WINDOW
+from openplatform.component.config import component_config, wechat_client
+from openplatform.component.services import with_component_token
+from openplatform.core.tokens import SCHEDULED_REFRESH_WINDOW
 from openplatform.wechat.errors import NotAuthorized, WeChatError
 from tenants.errors import AuthorizerUnavailable
 from tenants.models import Authorizer

@@ -15,9 +15,9 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from openplatform.component import component_config, wechat_client
-from openplatform.services import with_component_token
-from openplatform.tokens import ON_DEMAND_REFRESH_MARGIN, TokenLease
+from openplatform.component.config import component_config, wechat_client
+from openplatform.component.services import with_component_token
+from openplatform.core.tokens import ON_DEMAND_REFRESH_MARGIN, TokenLease
 from openplatform.wechat.errors import NotAuthorized, RefreshTokenInvalid, WeChatError
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer

@@ -2,7 +2,7 @@ from django.db import migrations
 
 
 def forwards(apps, schema_editor):
-    from openplatform.schedules import install_schedules
+    from openplatform.ops.schedules import install_schedules
 
     install_schedules(apps)
 

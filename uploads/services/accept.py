@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from openplatform.queueing import enqueue_on_commit
+from openplatform.core.queueing import enqueue_on_commit
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.selectors import authorizer_get
 from uploads.errors import UploadRefused

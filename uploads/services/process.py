@@ -27,7 +27,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import F, Q
 from django.utils import timezone
 
-from openplatform.component import wechat_client
+from openplatform.component.config import wechat_client
 from openplatform.wechat.client import RetryPolicy
 from openplatform.wechat.errors import (
     ERRCODE_MEANINGS,
@@ -365,7 +365,7 @@ def upload_retry(*, upload: Upload) -> Upload:
         raise ValueError(f"only failed uploads can be retried (this one is {upload.status})")
     if not UploadBlob.objects.filter(upload_id=upload.pk).exists():
         raise ValueError("the image bytes are no longer stored (retention); ask the merchant to upload again")
-    from openplatform.queueing import enqueue_on_commit
+    from openplatform.core.queueing import enqueue_on_commit
     from uploads.tasks import upload_image
 
     with transaction.atomic():

@@ -2,7 +2,7 @@ from django.apps import apps
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from openplatform.secrets import EncryptedSecretsMixin
+from openplatform.core.secrets import EncryptedSecretsMixin
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from openplatform.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
+from openplatform.component.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -7,7 +7,7 @@ from datetime import timedelta
 from django.db import models
 from django.utils import timezone
 
-from openplatform.secrets import EncryptedSecretsMixin
+from openplatform.core.secrets import EncryptedSecretsMixin
 
 #: WeChat: the ticket stays valid for 12 hours; a new one is pushed every 10 minutes.
 TICKET_LIFETIME = timedelta(hours=12)

@@ -6,8 +6,8 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from openplatform.component import component_config
-from openplatform.services import component_ticket_age
+from openplatform.component.config import component_config
+from openplatform.component.services import component_ticket_age
 
 TICKET_STALE_SECONDS = 30 * 60
 

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from openplatform.component import ComponentConfig, component_config, wechat_client
-from openplatform.models import ComponentAccessToken, ComponentVerifyTicket
-from openplatform.tokens import ON_DEMAND_REFRESH_MARGIN, TokenLease
+from openplatform.component.config import ComponentConfig, component_config, wechat_client
+from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
+from openplatform.core.tokens import ON_DEMAND_REFRESH_MARGIN, TokenLease
 from openplatform.wechat.errors import MissingTicket, TicketInvalid, TokenInvalid, WeChatError
 
 logger = logging.getLogger(__name__)

@@ -1,10 +1,10 @@
-"""`{% operator_dashboard as dashboard %}` on the admin index (openplatform/templates/admin/index.html)."""
+"""`{% operator_dashboard as dashboard %}` on the admin index (openplatform/ops/templates/admin/index.html)."""
 
 from __future__ import annotations
 
 from django import template
 
-from openplatform.dashboard import Dashboard, dashboard_get
+from openplatform.ops.dashboard import Dashboard, dashboard_get
 
 register = template.Library()
 

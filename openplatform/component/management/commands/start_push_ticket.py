@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from openplatform.component import component_config, wechat_client
+from openplatform.component.config import component_config, wechat_client
 from openplatform.wechat.errors import WeChatError
 
 

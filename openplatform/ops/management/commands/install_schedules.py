@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from openplatform.schedules import install_schedules
+from openplatform.ops.schedules import install_schedules
 
 
 class Command(BaseCommand):

@@ -17,9 +17,9 @@ from django.db.models import Count
 from django.urls import reverse
 from django.utils import timezone
 
-from openplatform.component import component_config
-from openplatform.health import TICKET_STALE_SECONDS
-from openplatform.services import component_ticket_age
+from openplatform.component.config import component_config
+from openplatform.component.services import component_ticket_age
+from openplatform.ops.health import TICKET_STALE_SECONDS
 from openplatform.wechat.errors import ERRCODE_MEANINGS
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images
 from tenants.models import Authorizer
