@@ -37,6 +37,7 @@ def submit(client, authorizer, data: bytes, name: str = "image.png") -> str:
 
 def wait_final(ids: list[str], worker, timeout: float = 60) -> dict[str, Upload]:
     def all_final() -> bool:
+        worker.ensure_running()  # the supervisor: a worker that died on a broker reconnect is restarted
         return Upload.objects.filter(pk__in=ids, status__in=FINAL).count() == len(ids)
 
     try:
