@@ -1,4 +1,4 @@
-"""Benchmarks for DESIGN.md §7 ("Bars"): `make bench` runs `python -m bench.run` (see bench/run.py).
+"""Benchmarks for docs/architecture.md §7 ("Bars"): `make bench` runs `python -m bench.run` (bench/run.py).
 
 Every benchmark runs against real processes: gunicorn serving `openplatform.wsgi`, a Celery worker on
 Redis, PostgreSQL, and the WeChat simulator in this process with modelled latency. The bench owns its

@@ -105,7 +105,7 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "",
         f"Measured {machine['date']} on {described}.",
         "",
-        f"Reproduce with `{command}` (bench/run.py; DESIGN.md §7 \"Bars\").",
+        f"Reproduce with `{command}` (bench/run.py; docs/architecture.md §7 \"Bars\").",
         "",
         table(results),
         "",

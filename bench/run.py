@@ -1,4 +1,4 @@
-"""`make bench`: every bar of DESIGN.md §7 measured against real processes, printed as one table.
+"""`make bench`: every bar of docs/architecture.md §7 measured against real processes, printed as one table.
 
     .venv/bin/python -m bench.run            # full sizes (a few minutes)
     .venv/bin/python -m bench.run --quick    # smaller sizes, about a minute

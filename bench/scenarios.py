@@ -1,4 +1,4 @@
-"""The six measurements of DESIGN.md §7. Each returns a plain dict that report.py turns into table rows."""
+"""The six measurements of docs/architecture.md §7, each a plain dict that report.py turns into table rows."""
 
 from __future__ import annotations
 

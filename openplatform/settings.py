@@ -1,6 +1,6 @@
 """Django settings, read once from the environment (and a `.env` file at the root).
 
-The names are part of the public contract (CONTRACT.md, "Configuration"). Production secrets have
+The names are part of the public contract (docs/contract.md, "Configuration"). Production secrets have
 no default: with DEBUG off, a missing SECRET_KEY or FIELD_ENCRYPTION_KEYS stops the process at start.
 """
 

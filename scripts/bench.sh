@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench`: the benchmarks of DESIGN.md §7 (bench/run.py), printed as one table.
+# `make bench`: the benchmarks of docs/architecture.md §7 (bench/run.py), printed as one table.
 # They need PostgreSQL and Redis (the bench owns database `openplatform_bench`, dropped and recreated,
 # and Redis db 14, flushed). Arguments go to bench.run: --quick for smaller sizes, --help for the rest.
 set -euo pipefail

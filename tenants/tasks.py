@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 #: A ticket older than this means pushes have stopped (they come every 10 minutes).
 TICKET_STALE_AFTER = timedelta(minutes=30)
 REFRESH_BATCH_SIZE = 100
-#: An auth code lives an hour (AuthorizationCodeExpiredTime, WECHAT.md §3); margin for clock skew.
+#: An auth code lives an hour (AuthorizationCodeExpiredTime, docs/wechat-protocol.md §3); plus skew margin.
 AUTH_CODE_LIFETIME = timedelta(hours=2)
 REFRESH_JITTER_SECONDS = 60
 
@@ -43,7 +43,7 @@ def process_component_event(event_id: int) -> None:
     The event is final once the code is exchanged or WeChat calls the code dead (61009). Any other
     failure (no ticket yet, WeChat unreachable, ...) keeps the code and records the error, so
     `sweep_component_events` tries again until the code itself expires: losing it would lose the
-    authorization (WECHAT.md §8: an account whose code was never exchanged may have no refresh token).
+    authorization (docs/wechat-protocol.md §8: an account whose code was never exchanged may have no refresh token).
     """
     with transaction.atomic():
         event = ComponentEvent.objects.select_for_update().filter(pk=event_id).first()

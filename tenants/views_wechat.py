@@ -78,7 +78,7 @@ def _pushed_at(fields: dict[str, str]) -> datetime:
 @csrf_exempt
 @require_POST
 def component_events(request: HttpRequest) -> HttpResponse:
-    """POST /wechat/component/events/ — tickets and authorization events (WECHAT.md §1, §3)."""
+    """POST /wechat/component/events/ — tickets and authorization events (docs/wechat-protocol.md §1, §3)."""
     fields = _read_verified(request)
     if isinstance(fields, HttpResponse):
         return fields

@@ -1,4 +1,4 @@
-"""Tests for openplatform.wechat.crypto (WECHAT.md §2): official vector A, round trips, strict failures."""
+"""Tests for openplatform.wechat.crypto (docs/wechat-protocol.md §2): official vector A, round trips, strict failures."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from openplatform.wechat.crypto import (
     parse_xml_fields,
 )
 
-# --- Vector A (WECHAT.md §2.6, official message_push.md "debug_demo") ------------------------------------
+# --- Vector A (docs/wechat-protocol.md §2.6, official message_push.md "debug_demo") ------------------------
 
 TOKEN = "AAAAA"
 AES_KEY = "A" * 43

@@ -348,7 +348,7 @@ def test_bad_signature_is_403_and_stores_nothing(client, db, path, tamper):
     elif tamper == "other_timestamp":
         params["timestamp"] = "1715943330"
     elif tamper == "signature_only_query":
-        # `signature` (over token, timestamp, nonce) must not be accepted in place of msg_signature (§1).
+        # `signature` (over token, timestamp, nonce) must not be accepted in place of msg_signature (docs/wechat-protocol.md §1).
         import hashlib
 
         token = django_settings.WECHAT_COMPONENT_TOKEN
@@ -526,7 +526,7 @@ def test_authorizer_message_url_verifies_and_acknowledges(client, db, caplog):
 
 
 def test_official_test_vector_envelope_with_tousername_is_accepted_when_keys_match(client, db, settings):
-    # WECHAT.md §2.6 vector A: a message push (ToUserName, no AppId) signed with the doc's token and key.
+    # docs/wechat-protocol.md §2.6 vector A: a message push (ToUserName, no AppId) signed with the doc's token and key.
     settings.WECHAT_COMPONENT_TOKEN = "AAAAA"
     settings.WECHAT_COMPONENT_AES_KEY = "A" * 43
     settings.WECHAT_COMPONENT_APPID = "wx134c8103faa5a59e"

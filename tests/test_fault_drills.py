@@ -1,4 +1,4 @@
-"""Fault drills (DESIGN.md §7, issue #6): bursts of uploads through the REST API and a real Celery worker,
+"""Fault drills (docs/architecture.md §7, issue #6): bursts of uploads through the REST API and a real Celery worker,
 with a fault injected mid-burst. After each drill, within a deadline:
 
 - every accepted upload is final, and with these faults every one of them succeeded (none lost);

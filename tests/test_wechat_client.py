@@ -358,7 +358,7 @@ def test_superseded_refresh_token_raises_refresh_token_invalid(
         )
 
     assert caught.value.errcode == 61023
-    # Recovery path (WECHAT.md §7): the list hands out the current refresh token.
+    # Recovery path (docs/wechat-protocol.md §7): the list hands out the current refresh token.
     [item] = wechat.iter_authorizer_list(
         component_access_token=component_access_token, component_appid=COMPONENT_APPID
     )
@@ -769,7 +769,7 @@ def test_4xx_without_errcode_is_not_success(stub):
 
 
 def test_legacy_authorizer_info_shape_is_parsed(stub):
-    # 2015-era shape: authorization_info.appid, no refresh token (WECHAT.md §8).
+    # 2015-era shape: authorization_info.appid, no refresh token (docs/wechat-protocol.md §8).
     server = stub(
         200,
         {

@@ -1,4 +1,4 @@
-"""The errcode -> exception mapper (openplatform/wechat/errors.py, WECHAT.md §11)."""
+"""The errcode -> exception mapper (openplatform/wechat/errors.py, docs/wechat-protocol.md §11)."""
 
 from __future__ import annotations
 

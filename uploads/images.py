@@ -1,6 +1,6 @@
 """Image checks by content (never by name or declared type), and the optional `fit` recompression.
 
-media/uploadimg accepts JPEG or PNG under 1 MB (WECHAT.md §10). We accept at most 1,048,576 bytes.
+media/uploadimg accepts JPEG or PNG under 1 MB (docs/wechat-protocol.md §10). We accept at most 1,048,576 bytes.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Token leases and refresh margins shared by the component and authorizer token services.
 
-Why these margins (WECHAT.md §4, §7, §12): WeChat tokens live 7200 s and the old token keeps working
+Why these margins (docs/wechat-protocol.md §4, §7, §12): tokens live 7200 s and the old token keeps working
 for about 5 minutes after a refresh. A token is refreshed on use when less than
 `ON_DEMAND_REFRESH_MARGIN` (300 s, the SDKs' consensus of 200-300 s) is left: a call started with it
 finishes well inside its life. The beat job refreshes tokens with less than

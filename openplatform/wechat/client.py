@@ -1,6 +1,6 @@
 """HTTP client for the WeChat Open Platform (third-party platform / "component") APIs we use.
 
-One private ``_call`` sends, times, parses and classifies every request (WECHAT.md §0, §11):
+One private ``_call`` sends, times, parses and classifies every request (docs/wechat-protocol.md §0, §11):
 - a requests timeout or connection failure -> NetworkError;
 - HTTP >= 500, or a body that is not a JSON object -> TransientError (never success);
 - a nonzero ``errcode`` -> the class chosen by ``errors.error_for``;
@@ -71,7 +71,7 @@ logger = logging.getLogger("openplatform.wechat")
 T = TypeVar("T")
 
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
-#: api_get_authorizer_list accepts at most 500 per page (WECHAT.md §8).
+#: api_get_authorizer_list accepts at most 500 per page (docs/wechat-protocol.md §8).
 MAX_AUTHORIZER_PAGE = 500
 _SNIPPET_CHARS = 120
 
@@ -98,7 +98,7 @@ class RetryPolicy:
 
 
 def sniff_image(data: bytes) -> tuple[str, str]:
-    """(filename, content type) from magic bytes; uploadimg accepts only JPEG and PNG (WECHAT.md §10).
+    """(filename, content type) from magic bytes; uploadimg takes only JPEG and PNG (docs/wechat-protocol.md §10).
 
     The filename is ASCII with the right extension: WeChat's multipart parser rejects others (41005).
     """
@@ -155,7 +155,7 @@ class WeChatClient:
     # --- component (third-party platform) -----------------------------------------------------------
 
     def start_push_ticket(self, *, component_appid: str, component_secret: str) -> None:
-        # The body field is component_secret, not component_appsecret (WECHAT.md §0).
+        # The body field is component_secret, not component_appsecret (docs/wechat-protocol.md §0).
         self._call(
             "/cgi-bin/component/api_start_push_ticket",
             body={"component_appid": component_appid, "component_secret": component_secret},
@@ -256,7 +256,7 @@ class WeChatClient:
     def component_clear_quota_v2(
         self, *, component_appid: str, appsecret: str, appid: str | None = None
     ) -> None:
-        """Reset quota by AppSecret: the way out when api_component_token itself answers 45009 (WECHAT.md §11)."""
+        """Reset quota by AppSecret: the way out when api_component_token answers 45009 (docs/wechat-protocol.md §11)."""
         body = {"component_appid": component_appid, "appsecret": appsecret}
         if appid:
             body["appid"] = appid
@@ -299,7 +299,7 @@ class WeChatClient:
         )
 
     def clear_quota(self, *, access_token: str, appid: str) -> None:
-        # At most 10 resets per account per month (48006 afterwards), WECHAT.md §11.
+        # At most 10 resets per account per month (48006 afterwards), docs/wechat-protocol.md §11.
         self._call(
             "/cgi-bin/clear_quota",
             query={"access_token": access_token},

@@ -1,4 +1,4 @@
-"""WXBizMsgCrypt-compatible message encryption for the WeChat third-party platform (WECHAT.md §2).
+"""WXBizMsgCrypt-compatible message encryption for WeChat third-party platforms (docs/wechat-protocol.md §2).
 
 Scheme (https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/Before_Develop/message_push.md,
 https://developers.weixin.qq.com/doc/oplatform/en/Third-party_Platforms/Message_Encryption/Technical_Plan.html):
@@ -13,7 +13,7 @@ Deliberate differences from the official (Python 2) sample: the envelope does no
 signature are compared in constant time, and XML is parsed with defusedxml.
 
 Every failure caused by untrusted input raises a ``CryptoError`` subclass carrying the sample's error code
-(WECHAT.md §2.5), so callers need exactly one ``except``. This module imports only the stdlib, cryptography
+(docs/wechat-protocol.md §2.5): callers need just one ``except``. This module imports only the stdlib, cryptography
 and defusedxml, so it can be used and tested without Django.
 """
 
@@ -143,7 +143,7 @@ def parse_encrypted_envelope(body: bytes | str, *, max_bytes: int = DEFAULT_MAX_
 
     Component pushes (ticket, authorization events) carry ``AppId`` and no ``ToUserName``; pushes on
     behalf of an authorizer carry ``ToUserName``. The official sample requires ``ToUserName`` and so
-    fails on component pushes (WECHAT.md §1, §2.5), hence we do not.
+    fails on component pushes (docs/wechat-protocol.md §1, §2.5), hence we do not.
     """
     fields = _parse_xml_root(body, max_bytes)
     if not fields.get("Encrypt"):

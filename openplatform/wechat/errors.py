@@ -1,4 +1,4 @@
-"""Typed WeChat errors, chosen by errcode in one mapper (WECHAT.md §11).
+"""Typed WeChat errors, chosen by errcode in one mapper (docs/wechat-protocol.md §11).
 
 Callers catch classes; nobody compares errcodes outside this module.
 """

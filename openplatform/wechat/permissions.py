@@ -1,4 +1,4 @@
-"""Permission sets (funcscope_category ids), WECHAT.md §9.
+"""Permission sets (funcscope_category ids), docs/wechat-protocol.md §9.
 
 Sources: https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/product/offical_account_authority.html
 and .../miniprogram_authority.html.

@@ -28,7 +28,7 @@ class PreAuthCode:
 @dataclass(frozen=True)
 class AuthorizationInfo:
     authorizer_appid: str
-    #: Absent when the account granted no API permission set (WECHAT.md §6).
+    #: Absent when the account granted no API permission set (docs/wechat-protocol.md §6).
     authorizer_access_token: str | None = field(repr=False)
     expires_in: int
     authorizer_refresh_token: str = field(repr=False)
@@ -39,7 +39,7 @@ class AuthorizationInfo:
 class AuthorizerToken:
     access_token: str = field(repr=False)
     expires_in: int
-    #: Always persist what comes back, overwriting the stored one (WECHAT.md §7).
+    #: Always persist what comes back, overwriting the stored one (docs/wechat-protocol.md §7).
     refresh_token: str | None = field(repr=False)
 
 
@@ -64,7 +64,7 @@ class AuthorizerInfo:
 @dataclass(frozen=True)
 class AuthorizerListItem:
     appid: str
-    #: Absent when the account authorized but the code was never exchanged (WECHAT.md §8).
+    #: Absent when the account authorized but the code was never exchanged (docs/wechat-protocol.md §8).
     refresh_token: str | None = field(repr=False)
     auth_time: int | None
 
@@ -173,7 +173,7 @@ def parse_authorizer_token(data: dict) -> AuthorizerToken:
 
 
 def parse_authorizer_info(data: dict, *, requested_appid: str) -> AuthorizerInfo:
-    """authorization_info may be missing, and the 2015 shape used ``authorization_info.appid`` (WECHAT.md §8)."""
+    """authorization_info may be missing; the 2015 shape had ``authorization_info.appid`` (docs/wechat-protocol.md §8)."""
     info = _dict(data.get("authorizer_info"))
     authorization = _dict(data.get("authorization_info"))
     appid = (
@@ -203,7 +203,7 @@ def parse_authorizer_info(data: dict, *, requested_appid: str) -> AuthorizerInfo
 
 
 def parse_authorizer_list_page(data: dict) -> AuthorizerListPage:
-    """The list key is ``refresh_token`` (not authorizer_refresh_token) and may be absent (WECHAT.md §8)."""
+    """The key is ``refresh_token`` (not authorizer_refresh_token) and may be absent (docs/wechat-protocol.md §8)."""
     entries = data.get("list")
     items = [
         AuthorizerListItem(

@@ -1,6 +1,6 @@
 """Onboarding: authorization links, the exactly-once auth-code exchange, and authorizer sync.
 
-DESIGN.md §3.3, WECHAT.md §3, §5, §6, §8.
+docs/architecture.md §3.3, docs/wechat-protocol.md §3, §5, §6, §8.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def authorization_state_verify(*, state: str) -> Tenant:
 
 
 def authorization_link_create(*, tenant: Tenant, auth_type: int = 3, biz_appid: str = "") -> AuthorizationLink:
-    """A fresh pre_auth_code and the PC and mobile authorization URLs for it (WECHAT.md §5)."""
+    """A fresh pre_auth_code and the PC and mobile authorization URLs for it (docs/wechat-protocol.md §5)."""
     config = component_config()
     pre = with_component_token(
         lambda ctoken: wechat_client().create_preauthcode(component_access_token=ctoken, component_appid=config.appid)
@@ -166,7 +166,7 @@ def authorizer_sync_info(*, authorizer: Authorizer) -> Authorizer:
     """Names, account type, permission sets and the current refresh token from api_get_authorizer_info.
 
     Written under the row lock, columns of its own only. The refresh token is a compare-and-swap
-    (WECHAT.md §7): it is replaced only if the stored one is still the one we had when we asked, so a
+    (docs/wechat-protocol.md §7): it is replaced only if the stored one is still the one we had when we asked, so a
     refresh that rotated it meanwhile is not undone. `authorizer` is updated in place.
     """
     config = component_config()

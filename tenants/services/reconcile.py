@@ -72,7 +72,7 @@ class ReconcileReport:
 
 
 def authorizers_reconcile() -> ReconcileReport:
-    """Compare our authorizers with api_get_authorizer_list (WECHAT.md §8).
+    """Compare our authorizers with api_get_authorizer_list (docs/wechat-protocol.md §8).
 
     Recovers lost or changed refresh tokens, restores `reauthorization_required` accounts WeChat
     still lists, records accounts authorized while we missed the exchange (unbound), and revokes

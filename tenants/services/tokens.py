@@ -1,6 +1,6 @@
 """Authorizer access tokens: refreshed ahead of expiry, single flight, compare-and-expire.
 
-DESIGN.md §3.4. `authorizer_access_token_get` returns the stored token while more than the margin is
+docs/architecture.md §3.4. `authorizer_access_token_get` returns the stored token while more than the margin is
 left (no query: the caller already holds the row). Otherwise the refresh runs under a lock on the
 authorizer row (`SELECT ... FOR NO KEY UPDATE`, which does not block inserts of uploads that reference
 the row); the holder re-reads, calls WeChat, and persists the access token and whatever refresh token
@@ -126,7 +126,7 @@ def _refresh_from_wechat(row: Authorizer, *, force: bool) -> None:
     row.refresh_count += 1
     row.last_error = ""
     if new_refresh and new_refresh != row.get_refresh_token():
-        # WECHAT.md §7: always persist whatever refresh token comes back (old one has a short grace).
+        # docs/wechat-protocol.md §7: always persist the refresh token that comes back (old one has a grace).
         row.set_refresh_token(new_refresh)
 
 
@@ -152,7 +152,7 @@ def _refresh_component_authorizer(row: Authorizer) -> tuple[str, int, str | None
             return refresh(stored)
         except RefreshTokenInvalid:
             logger.warning("refresh token rejected (61023); recovering it once", extra={"authorizer_appid": row.appid})
-    # WECHAT.md §7: 61023 -> fetch the current refresh token from api_get_authorizer_info once, retry once.
+    # docs/wechat-protocol.md §7: 61023 -> current refresh token from api_get_authorizer_info once, retry once.
     info = with_component_token(
         lambda ctoken: client.get_authorizer_info(
             component_access_token=ctoken, component_appid=config.appid, authorizer_appid=row.appid

@@ -1,4 +1,4 @@
-"""Processing one upload (the task body): claim, check, upload, record, classify (DESIGN.md §3.5).
+"""Processing one upload (the task body): claim, check, upload, record, classify (docs/architecture.md §3.5).
 
 State machine: queued -> uploading (claimed with a lease) -> succeeded | failed | rejected, or back to
 queued with `next_attempt_at` for a transient error. A claim is a conditional UPDATE, so two
@@ -237,7 +237,7 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
             # Nothing reached uploadimg, but the try counts: a token endpoint that keeps failing must
             # not keep the upload queued forever.
             # A missing or rejected component ticket heals by itself within 10 minutes (the next push):
-            # retry later, like a transient error (WECHAT.md §11).
+            # retry later, like a transient error (docs/wechat-protocol.md §11).
             retry_later = exc.retryable or isinstance(exc, TicketInvalid)
             number = _next_attempt_number(upload)
             _record_attempt(run, number, started, (time.perf_counter() - t0) * 1000, exc.http_status,

@@ -1,4 +1,4 @@
-"""A stateful fake of api.weixin.qq.com and of mp.weixin.qq.com's authorization page (DESIGN.md §5).
+"""A stateful fake of api.weixin.qq.com and mp.weixin.qq.com's authorization page (docs/architecture.md §5).
 
 Used by the local run (``manage.py wechat_simulator``), the tests (``testing.py`` fixtures) and the
 benchmarks. It imports no Django: ``state`` holds the rules, ``app`` serves them over WSGI, ``server``

@@ -38,7 +38,7 @@ def gh_user_name(appid: str) -> str:
 
 
 def func_info_json(authorizer: Authorizer) -> list[dict]:
-    """func_info as WeChat shapes it; MP sets carry the (undocumented) confirm_info seen in samples (§6)."""
+    """func_info as WeChat shapes it; MP sets carry the (undocumented) confirm_info seen in samples (docs/wechat-protocol.md §6)."""
     items = []
     for set_id in authorizer.func_info:
         item: dict = {"funcscope_category": {"id": set_id}}
@@ -104,7 +104,7 @@ def issue_ticket(state: SimulatorState, comp: Component) -> tuple[str, PendingEv
 
 
 def check_pre_auth_code(state: SimulatorState, comp: Component, code: str | None) -> None:
-    """Raise ControlError (shown as the page's error) unless ``code`` is live and unused (§5)."""
+    """Raise ControlError (shown as the page's error) unless ``code`` is live and unused (docs/wechat-protocol.md §5)."""
     pre = comp.pre_auth_codes.get(code or "")
     if pre is None:
         raise ControlError("pre_auth_code is unknown to this component")
@@ -176,7 +176,7 @@ def grant(
         raise ControlError("authorizer_appid must be ASCII letters and digits")
     existing = comp.authorizers.get(appid)
     if existing is not None and not existing.revoked:
-        # Re-authorizing replaces the refresh token; the old one stops working at once (§6, §7).
+        # Re-authorizing replaces the refresh token; the old one stops working at once (docs/wechat-protocol.md §6, §7).
         existing.func_info = sets
         existing.account_type = account_type
         existing.nick_name = nick_name or existing.nick_name
@@ -231,7 +231,7 @@ def reauthorize(state: SimulatorState, authorizer: Authorizer, func_info: object
 
 
 def revoke(state: SimulatorState, authorizer: Authorizer) -> PendingEvent:
-    """The merchant cancels the authorization: tokens die, the account leaves the list (§3)."""
+    """The merchant cancels the authorization: tokens die, the account leaves the list (docs/wechat-protocol.md §3)."""
     comp = state.components[authorizer.component_appid]
     authorizer.revoked = True
     authorizer.refresh_token = new_secret("revoked@@@")  # never handed out

@@ -1,4 +1,4 @@
-"""Rules of the component endpoints under /cgi-bin/component/ (WECHAT.md §0, §1, §4-§8).
+"""Rules of the component endpoints under /cgi-bin/component/ (docs/wechat-protocol.md §0, §1, §4-§8).
 
 Each handler takes the state (locked by the caller) and the ``Call``, and returns the JSON answer or
 raises ``ApiError``. Quota is checked after the credentials and counted only on success.

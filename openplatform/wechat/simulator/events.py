@@ -1,4 +1,4 @@
-"""Encrypted pushes to the component's authorization-event URL, as WeChat sends them (WECHAT.md §1-§3).
+"""Encrypted pushes to our authorization-event URL, as WeChat sends them (docs/wechat-protocol.md §1-§3).
 
 The state decides *what* to push (a ``PendingEvent``, built under its lock); this module does the HTTP,
 always outside the lock, because the receiver may call back into the simulator (api_query_auth) before

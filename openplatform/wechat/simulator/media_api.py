@@ -1,4 +1,4 @@
-"""Rules of media/uploadimg, the quota endpoints and stable_token (WECHAT.md §9-§11).
+"""Rules of media/uploadimg, the quota endpoints and stable_token (docs/wechat-protocol.md §0, §9-§11).
 
 Handlers run under the state's lock. The multipart body is parsed (and hashed) before the lock is taken;
 ``MediaPart`` is that parse, and ``media_errcode`` judges it without touching the state.

@@ -1,4 +1,4 @@
-"""The simulated authorization page of mp.weixin.qq.com (WECHAT.md §5).
+"""The simulated authorization page of mp.weixin.qq.com (docs/wechat-protocol.md §5).
 
 GET shows a form standing in for "scan the QR code and confirm"; POST authorizes, pushes the
 ``authorized`` / ``updateauthorized`` event in the background (best effort, like WeChat) and redirects

@@ -22,7 +22,7 @@ from .app import SimulatorApp
 
 logger = logging.getLogger("openplatform.wechat.simulator")
 
-# WeChat pushes a fresh component_verify_ticket every 10 minutes (WECHAT.md §1).
+# WeChat pushes a fresh component_verify_ticket every 10 minutes (docs/wechat-protocol.md §1).
 TICKET_INTERVAL = 600.0
 # Until the first push is acknowledged (the web app may still be starting), retry this often.
 TICKET_RETRY = 5.0

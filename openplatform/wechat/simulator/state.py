@@ -19,7 +19,7 @@ from typing import Any
 
 from .faults import FaultBook
 
-# errmsg texts as WeChat writes them (WECHAT.md §4, §6, §7, §10, §11).
+# errmsg texts as WeChat writes them (docs/wechat-protocol.md §4, §6, §7, §10, §11).
 ERRMSGS: dict[int, str] = {
     -1: "system error",
     40001: "invalid credential, access_token is invalid or not latest",
@@ -86,7 +86,7 @@ class Clock:
 class Config:
     component_token_ttl: int = 7200
     authorizer_token_ttl: int = 7200  # also used for stable_token (direct accounts)
-    # After a refresh the previous token keeps working this long (WECHAT.md §4, "old token 5 minutes").
+    # After a refresh the previous token keeps working this long (docs/wechat-protocol.md §4).
     token_grace_seconds: int = 300
     rotate_refresh_tokens: bool = False
     daily_limit: int = 100000
@@ -266,7 +266,7 @@ class SimulatorState:
 
     def check_token(self, query: dict[str, str], *, kinds: tuple[str, ...]) -> AccessToken:
         """The token named in the query, if it is live and of an accepted kind."""
-        # Older docs and every SDK say component_access_token=, newer docs access_token= (WECHAT.md §0).
+        # Old docs and all SDKs: component_access_token=; new docs: access_token= (docs/wechat-protocol.md §0).
         value = query.get("component_access_token") or query.get("access_token")
         if not value:
             raise ApiError(41001)
