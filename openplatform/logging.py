@@ -1,7 +1,10 @@
-"""Log filter and formatter: structured lines, secrets redacted.
+"""Log filter and formatters: structured lines, secrets redacted.
 
-Our code never puts a secret in a log record on purpose; this filter is the second line of defence
-for third-party messages (e.g. urllib3 printing a URL with `access_token=` in its query).
+Our code never puts a secret in a log record on purpose; this is the second line of defence for
+third-party messages (urllib3 printing a URL with `access_token=` in its query, an access log line
+with the `auth_code` and `state` WeChat appends to our redirect URL, a traceback quoting either).
+The filter redacts the message; the formatters redact the whole formatted line, traceback included,
+so every format (plain, JSON, runserver's and gunicorn's access logs) is covered.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ _SECRET_NAMES = (
     "api_key",
     "Api-Key",
     "password",
+    # The redirect back from WeChat's authorization page (docs/wechat-protocol.md §5, §6): the code is
+    # exchangeable for tokens for up to an hour, and the signed `state` binds an account to a tenant.
+    "auth_code",
+    "authorization_code",
+    "AuthorizationCode",
+    "pre_auth_code",
+    "PreAuthCode",
+    "state",
+    "ticket",
 )
 _NAMES = "|".join(re.escape(n) for n in sorted(_SECRET_NAMES, key=len, reverse=True))
 # key=value (query strings, forms), "key": "value" (JSON), Api-Key header values.
@@ -32,6 +44,9 @@ _PATTERNS = [
     re.compile(rf"(?P<k>\b(?:{_NAMES}))=(?P<v>[^&\s\"']+)"),
     re.compile(rf"(?P<k>\"(?:{_NAMES})\"\s*:\s*)\"(?P<v>[^\"]*)\""),
     re.compile(r"(?P<k>Api-Key\s+)(?P<v>[A-Za-z0-9._-]+)"),
+    re.compile(r"(?P<k>Bearer\s+)(?P<v>[A-Za-z0-9._~+/=-]+)"),
+    # Decrypted push XML: <AuthorizationCode>...</AuthorizationCode>, <ComponentVerifyTicket>...
+    re.compile(rf"(?P<k><(?:{_NAMES})>(?:<!\[CDATA\[)?)(?P<v>[^<\]]+)"),
 ]
 
 
@@ -51,6 +66,13 @@ class RedactSecretsFilter(logging.Filter):
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
+
+
+class RedactingFormatter(logging.Formatter):
+    """The plain line format, redacted as a whole: the message, `extra` rendered in it, and the traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}

@@ -259,7 +259,10 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"redact": {"()": "openplatform.logging.RedactSecretsFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "openplatform.logging.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
         "json": {"()": "openplatform.logging.JsonFormatter"},
     },
     "handlers": {
@@ -270,7 +273,12 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # runserver's access lines ("GET /wechat/component/authorized/?state=...&auth_code=...") go
+        # through the redacting handler instead of Django's own.
+        "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
+    },
 }
 
 REST_FRAMEWORK.update(

@@ -110,14 +110,19 @@ def test_a_simulated_day_costs_at_most_13_refreshes_per_token(make_authorizer, t
 
 # -- ticket watchdog and readiness -----------------------------------------------------------------------
 
+OPS_TOKEN = "operator-metrics-token"
+
 
 @pytest.mark.django_db
-def test_ticket_watchdog_logs_an_error_when_the_ticket_is_stale_and_readyz_reports_it(component, ticket, client, caplog):
+def test_ticket_watchdog_logs_an_error_when_the_ticket_is_stale_and_readyz_reports_it(
+    component, ticket, client, caplog, settings
+):
+    settings.METRICS_TOKEN = OPS_TOKEN  # /readyz shows its checks to the operator's token only
     # given a fresh ticket: no error, ready
     with caplog.at_level(logging.INFO):
         assert ticket_watchdog() < 60
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    fresh = client.get("/readyz").json()
+    fresh = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {OPS_TOKEN}").json()
     assert fresh["status"] == "ok" and fresh["checks"]["ticket"]["ok"] is True
 
     # when no push has arrived for 31 minutes
@@ -129,7 +134,7 @@ def test_ticket_watchdog_logs_an_error_when_the_ticket_is_stale_and_readyz_repor
     assert age > 30 * 60
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "31 minutes old" in errors[0].getMessage()
-    response = client.get("/readyz")
+    response = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {OPS_TOKEN}")
     body = response.json()
     assert response.status_code == 200
     assert body["status"] == "degraded"
@@ -139,10 +144,11 @@ def test_ticket_watchdog_logs_an_error_when_the_ticket_is_stale_and_readyz_repor
 
 
 @pytest.mark.django_db
-def test_ticket_watchdog_without_any_ticket(component, client, caplog):
+def test_ticket_watchdog_without_any_ticket(component, client, caplog, settings):
+    settings.METRICS_TOKEN = OPS_TOKEN
     assert ticket_watchdog() is None
     assert any("has ever been received" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    body = client.get("/readyz").json()
+    body = client.get("/readyz", HTTP_AUTHORIZATION=f"Bearer {OPS_TOKEN}").json()
     assert body["checks"]["ticket"]["ok"] is False
     assert client.get("/healthz").json() == {"status": "ok"}
 

@@ -8,6 +8,7 @@ from django.views.decorators.http import require_GET
 
 from openplatform.component.config import component_config
 from openplatform.component.services import component_ticket_age
+from openplatform.ops.metrics import operator_token_presented
 
 TICKET_STALE_SECONDS = 30 * 60
 
@@ -56,11 +57,15 @@ def _check_ticket() -> dict:
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
     """503 when the database or broker is unreachable. A stale ticket is reported as an error in the
-    body ("degraded") without failing readiness: taking the web tier out would not bring tickets back."""
+    body ("degraded") without failing readiness: taking the web tier out would not bring tickets back.
+
+    Anonymous callers (load balancers, the internet) get the status only; the checks (which backend
+    failed and how, the ticket's age) need the metrics bearer token, like /metrics."""
     checks = {"database": _check_database(), "broker": _check_broker(), "ticket": _check_ticket()}
     ready = checks["database"]["ok"] and checks["broker"]["ok"]
     status = "ok" if ready and checks["ticket"]["ok"] else ("degraded" if ready else "unavailable")
-    return JsonResponse({"status": status, "checks": checks}, status=200 if ready else 503)
+    body = {"status": status, "checks": checks} if operator_token_presented(request) else {"status": status}
+    return JsonResponse(body, status=200 if ready else 503)
 
 
 def not_found(request: HttpRequest, exception=None):

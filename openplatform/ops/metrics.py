@@ -317,7 +317,9 @@ def metrics_registry() -> CollectorRegistry:
     return registry
 
 
-def _scrape_allowed(request: HttpRequest) -> bool:
+def operator_token_presented(request: HttpRequest) -> bool:
+    """The request carries `Authorization: Bearer $METRICS_TOKEN` (or DEBUG is on): it may read
+    operational detail (metrics, readiness checks). Compared in constant time."""
     if settings.DEBUG:
         return True
     expected = settings.METRICS_TOKEN
@@ -330,6 +332,6 @@ def _scrape_allowed(request: HttpRequest) -> bool:
 @never_cache
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not _scrape_allowed(request):
+    if not operator_token_presented(request):
         raise Http404
     return HttpResponse(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)
