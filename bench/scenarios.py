@@ -164,7 +164,7 @@ def simulated_day(world: World, *, step: int = 240, day: int = 86400) -> dict:
     world.control.set_latency(UPLOADIMG, 0)
     real_now = tz.now
     offset = [0.0]
-    authorizers = list(Authorizer.objects.filter(status=Authorizer.Status.AUTHORIZED))
+    authorizers = list(Authorizer.objects.authorized())
     counts_before = {a.pk: a.refresh_count for a in authorizers}
     calls_before = world.count(AUTHORIZER_TOKEN)
     rejected_uploads = 0

@@ -17,7 +17,6 @@ from openplatform.wechat.simulator.server import SimulatorServer
 
 UPLOADIMG = "/cgi-bin/media/uploadimg"
 AUTHORIZER_TOKEN = "/cgi-bin/component/api_authorizer_token"
-FINAL = ("succeeded", "failed", "rejected")
 
 
 def sample_image(width: int = 640, height: int = 480) -> bytes:
@@ -102,7 +101,7 @@ class World:
                 chunk = pending[start : start + 2000]
                 done |= {
                     str(pk)
-                    for pk in Upload.objects.filter(pk__in=chunk, status__in=FINAL).values_list("pk", flat=True)
+                    for pk in Upload.objects.final().filter(pk__in=chunk).values_list("pk", flat=True)
                 }
             pending = [pk for pk in pending if pk not in done]
             if not pending:

@@ -308,6 +308,13 @@ UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=2.0)
 UPLOAD_RETRY_MAX_SECONDS = env.float("UPLOAD_RETRY_MAX_SECONDS", default=60.0)
 UPLOAD_BYTES_RETENTION_DAYS = env.int("UPLOAD_BYTES_RETENTION_DAYS", default=7)
 
+# --- Scheduled jobs (openplatform/ops/schedules.py; written to the beat tables on every `migrate`) ---
+#: The beat jobs refreshing the component and authorizer tokens run this often; each refreshes the tokens
+#: with less than twice this left (openplatform/core/tokens.py derives its margins from it).
+TOKEN_REFRESH_EVERY_SECONDS = env.int("TOKEN_REFRESH_EVERY_SECONDS", default=240)
+#: Other jobs' intervals in seconds, by task name, over their defaults: "uploads.sweep_stuck_uploads=30,...".
+SCHEDULE_EVERY_SECONDS = {task: int(every) for task, every in env.dict("SCHEDULE_EVERY_SECONDS", default={}).items()}
+
 # --- Metrics ---
 #: Bearer token for GET /metrics (`Authorization: Bearer <token>`); unset and DEBUG off -> 404.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

@@ -33,6 +33,17 @@ class TenantAPIKey(AbstractAPIKey):
         verbose_name_plural = "API keys"
 
 
+class AuthorizerQuerySet(models.QuerySet):
+    def authorized(self) -> AuthorizerQuerySet:
+        return self.filter(status=self.model.Status.AUTHORIZED)
+
+    def reauthorization_required(self) -> AuthorizerQuerySet:
+        return self.filter(status=self.model.Status.REAUTHORIZATION_REQUIRED)
+
+    def revoked(self) -> AuthorizerQuerySet:
+        return self.filter(status=self.model.Status.REVOKED)
+
+
 class Authorizer(EncryptedSecretsMixin, models.Model):
     """A merchant's Official Account or Mini Program that authorized our component (or gave us its secret)."""
 
@@ -83,6 +94,8 @@ class Authorizer(EncryptedSecretsMixin, models.Model):
     synced_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = AuthorizerQuerySet.as_manager()
 
     class Meta:
         constraints = [

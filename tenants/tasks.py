@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from openplatform.component.config import component_config
-from openplatform.component.models import ComponentEvent
+from openplatform.component.models import TICKET_STALE_AFTER, ComponentEvent
 from openplatform.component.services import (
     component_access_token_refresh,
     component_ticket_age,
@@ -28,12 +28,12 @@ from tenants.services.reconcile import (
 
 logger = logging.getLogger(__name__)
 
-#: A ticket older than this means pushes have stopped (they come every 10 minutes).
-TICKET_STALE_AFTER = timedelta(minutes=30)
 REFRESH_BATCH_SIZE = 100
 #: An auth code lives an hour (AuthorizationCodeExpiredTime, docs/wechat-protocol.md §3); plus skew margin.
 AUTH_CODE_LIFETIME = timedelta(hours=2)
 REFRESH_JITTER_SECONDS = 60
+#: An event's own task normally runs within seconds; the sweeper leaves younger events to it.
+EVENT_TASK_GRACE = timedelta(minutes=2)
 
 
 @shared_task(name="tenants.process_component_event", acks_late=True, max_retries=5)
@@ -75,8 +75,8 @@ def sweep_component_events() -> int:
     """Re-enqueue authorization events that were stored but not processed yet (broker down, no ticket
     yet, WeChat unreachable). Past the code's lifetime they are closed instead: the code is dead."""
     now = timezone.now()
-    expired = ComponentEvent.objects.filter(processed_at__isnull=True, received_at__lt=now - AUTH_CODE_LIFETIME)
-    closed = expired.exclude(auth_code_ciphertext="").update(
+    expired = ComponentEvent.objects.awaiting_exchange(received_before=now - AUTH_CODE_LIFETIME)
+    closed = expired.update(
         processed_at=now,
         auth_code_ciphertext="",
         error="the authorization code expired before it could be exchanged; reconciliation will find the account",
@@ -84,9 +84,7 @@ def sweep_component_events() -> int:
     if closed:
         logger.error("%d authorization event(s) expired unprocessed", closed)
     ids = list(
-        ComponentEvent.objects.filter(processed_at__isnull=True, received_at__lt=now - timedelta(minutes=2))
-        .exclude(auth_code_ciphertext="")
-        .values_list("pk", flat=True)[:500]
+        ComponentEvent.objects.awaiting_exchange(received_before=now - EVENT_TASK_GRACE).values_list("pk", flat=True)[:500]
     )
     for pk in ids:
         process_component_event.delay(pk)
@@ -118,7 +116,7 @@ def refresh_authorizer_tokens_batch(authorizer_ids: list[int]) -> dict:
 
 @shared_task(name="tenants.ticket_watchdog")
 def ticket_watchdog() -> float | None:
-    """Beat: log an error when the newest component_verify_ticket is older than 30 minutes."""
+    """Beat: log an error when the newest component_verify_ticket is older than TICKET_STALE_AFTER."""
     age = component_ticket_age(component_appid=component_config().appid)
     if age is None:
         logger.error("no component_verify_ticket has ever been received: check the events URL configuration")

@@ -5,22 +5,26 @@ The task functions are called directly (what a worker would run); the simulator 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 import time
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from django.db import connection
+from django.db.migrations.recorder import MigrationRecorder
 from django.db.models import F
+from django.test import override_settings
 from django.utils import timezone
-from django_celery_beat.models import PeriodicTask
+from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
 from openplatform.component.services import component_ticket_store
-from openplatform.ops.schedules import SCHEDULES, install_schedules
+from openplatform.ops.schedules import schedules_defined, schedules_install
 from tenants.models import Authorizer
 from tenants.services.reconcile import authorizer_ids_due_for_refresh
 from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh
@@ -292,40 +296,92 @@ def test_reconciliation_leaves_direct_accounts_alone(make_direct_authorizer, ten
 # -- beat schedules --------------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
-def test_schedules_are_installed_in_django_celery_beat_by_migration():
-    # The data migration is applied to the test database; run its function again on the historical
-    # models (other tests may have flushed the table) and check what it installs.
-    from django.db import connection
-    from django.db.migrations.executor import MigrationExecutor
+def _beat_rows() -> dict[str, PeriodicTask]:
+    return {row.name: row for row in PeriodicTask.objects.select_related("interval")}
 
+
+@pytest.mark.django_db
+def test_migrate_installs_every_schedule_as_defined():
+    # Given an empty table (other tests may have emptied it)
+    PeriodicTask.objects.all().delete()
+
+    # When the deploy's release step runs
+    call_command("migrate", verbosity=0)
+
+    # Then every job is there, enabled, with its task and the interval the settings give it
+    defined = schedules_defined()
+    rows = _beat_rows()
+    assert set(rows) == set(defined)
+    for name, schedule in defined.items():
+        assert rows[name].task == schedule.task
+        assert rows[name].enabled
+        assert (rows[name].interval.every, rows[name].interval.period) == (schedule.every, "seconds")
+        assert rows[name].description == schedule.description
+    token_refreshes = {"tenants.refresh_component_token", "tenants.refresh_due_authorizer_tokens"}
+    assert {s.every for s in defined.values() if s.task in token_refreshes} == {
+        django_settings.TOKEN_REFRESH_EVERY_SECONDS
+    }
+    # the retired data migration is applied, and does nothing any more
+    assert ("uploads", "0002_install_schedules") in MigrationRecorder(connection).applied_migrations()
+
+
+def test_every_scheduled_task_is_a_registered_celery_task():
     from openplatform.celery import app
 
-    executor = MigrationExecutor(connection)
-    assert ("uploads", "0002_install_schedules") in executor.recorder.applied_migrations()
-    historical = executor.loader.project_state(("uploads", "0002_install_schedules")).apps
-    migration = importlib.import_module("uploads.migrations.0002_install_schedules")
-    PeriodicTask.objects.all().delete()
-    migration.forwards(historical, connection.schema_editor())
-
     app.loader.import_default_modules()
-    tasks = {t.name: t for t in PeriodicTask.objects.select_related("interval")}
-    assert set(tasks) == set(SCHEDULES)
-    for name, (task, seconds, _description) in SCHEDULES.items():
-        assert tasks[name].task == task
-        assert tasks[name].enabled
-        assert tasks[name].interval.every == seconds and tasks[name].interval.period == "seconds"
-        assert task in app.tasks, f"schedule {name!r} names an unregistered task {task!r}"
+    for name, schedule in schedules_defined().items():
+        assert schedule.task in app.tasks, f"schedule {name!r} names an unregistered task {schedule.task!r}"
 
 
 @pytest.mark.django_db
-def test_install_schedules_is_idempotent_and_keeps_operator_edits():
+def test_a_changed_interval_setting_reaches_existing_rows_on_migrate_and_the_operators_switch_stays():
+    # Given installed jobs, one switched off by an operator and one whose interval was edited in the admin
     PeriodicTask.objects.all().delete()
-    assert install_schedules() == len(SCHEDULES)
+    schedules_install()
     PeriodicTask.objects.filter(name="Reconcile authorizers").update(enabled=False)
-    assert install_schedules() == 0
+    sweep = PeriodicTask.objects.get(name="Sweep stuck uploads")
+    sweep.interval = IntervalSchedule.objects.create(every=999, period="seconds")
+    sweep.save()
+    changed_before = PeriodicTasks.last_change()
+
+    # When the settings change and the next deploy migrates
+    with override_settings(TOKEN_REFRESH_EVERY_SECONDS=300, SCHEDULE_EVERY_SECONDS={"tenants.ticket_watchdog": 600}):
+        call_command("migrate", verbosity=0)
+
+    # Then the existing rows follow the settings (the admin's interval edit is undone: settings own it)
+    rows = _beat_rows()
+    assert len(rows) == len(schedules_defined())
+    assert rows["Refresh component token"].interval.every == 300
+    assert rows["Refresh authorizer tokens due"].interval.every == 300
+    assert "within 10 minutes" in rows["Refresh authorizer tokens due"].description  # two periods of 300 s
+    assert rows["Ticket watchdog"].interval.every == 600
+    assert rows["Sweep stuck uploads"].interval.every == 60
+    # and the operator's switch is kept; the others stay on
+    assert rows["Reconcile authorizers"].enabled is False
+    assert all(row.enabled for name, row in rows.items() if name != "Reconcile authorizers")
+    # and beat is told to reload its schedule
+    assert PeriodicTasks.last_change() > changed_before
+
+
+@pytest.mark.django_db
+def test_install_schedules_command_is_idempotent_and_keeps_the_operators_switch():
+    PeriodicTask.objects.all().delete()
+    out = StringIO()
+    call_command("install_schedules", stdout=out)
+    assert out.getvalue().strip() == f"{len(schedules_defined())} created, 0 updated"
+
+    PeriodicTask.objects.filter(name="Reconcile authorizers").update(enabled=False)
+    out = StringIO()
+    call_command("install_schedules", stdout=out)
+    assert out.getvalue().strip() == "0 created, 0 updated"
     assert PeriodicTask.objects.get(name="Reconcile authorizers").enabled is False
-    assert PeriodicTask.objects.filter(name__in=list(SCHEDULES)).count() == len(SCHEDULES)
+    assert PeriodicTask.objects.filter(name__in=list(schedules_defined())).count() == len(schedules_defined())
+
+
+@pytest.mark.parametrize("task", ["tenants.refresh_component_token", "uploads.no_such_task"])
+def test_an_interval_setting_for_a_token_refresh_or_an_unknown_task_is_refused(task):
+    with override_settings(SCHEDULE_EVERY_SECONDS={task: 60}), pytest.raises(ImproperlyConfigured, match=task):
+        schedules_defined()
 
 
 @pytest.mark.django_db

@@ -3,12 +3,55 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from tenants.models import Authorizer, Tenant, TenantAPIKey
+
+
+class UploadQuerySet(models.QuerySet):
+    """The upload states the tasks, the sweeper, the dashboard and the metrics ask for, named once."""
+
+    def final(self) -> UploadQuerySet:
+        return self.filter(status__in=self.model.FINAL_STATUSES)
+
+    def in_flight(self) -> UploadQuerySet:
+        """Not final yet: queued or uploading."""
+        return self.filter(status__in=self.model.IN_FLIGHT_STATUSES)
+
+    def queued(self) -> UploadQuerySet:
+        return self.filter(status=self.model.Status.QUEUED)
+
+    def failed(self) -> UploadQuerySet:
+        return self.filter(status=self.model.Status.FAILED)
+
+    def due(self, *, now: datetime) -> UploadQuerySet:
+        """Queued and its backoff (if any) is over: a run may claim it now."""
+        return self.filter(
+            Q(status=self.model.Status.QUEUED) & (Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True))
+        )
+
+    def lease_expired(self, *, now: datetime) -> UploadQuerySet:
+        """Uploading, but the run that claimed it has outlived its lease (its worker died or hung)."""
+        return self.filter(self._lease_expired(now))
+
+    def stuck(self, *, now: datetime, grace: timedelta) -> UploadQuerySet:
+        """What the sweeper re-enqueues: queued uploads whose task should have run more than `grace` ago
+        (the broker lost it, or it was never sent), and uploads with an expired lease."""
+        return self.filter(self._queued_past_due(now - grace) | self._lease_expired(now))
+
+    def _queued_past_due(self, cutoff: datetime) -> Q:
+        queued = self.model.Status.QUEUED
+        return Q(status=queued, next_attempt_at__lt=cutoff) | Q(
+            status=queued, next_attempt_at__isnull=True, created_at__lt=cutoff
+        )
+
+    def _lease_expired(self, now: datetime) -> Q:
+        return Q(status=self.model.Status.UPLOADING, lease_until__lt=now)
 
 
 class Upload(models.Model):
@@ -21,6 +64,7 @@ class Upload(models.Model):
         REJECTED = "rejected", "Rejected"
 
     FINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.REJECTED)
+    IN_FLIGHT_STATUSES = (Status.QUEUED, Status.UPLOADING)
 
     class RequestedBy(models.TextChoices):
         API_KEY = "api_key", "Merchant API key"
@@ -68,6 +112,8 @@ class Upload(models.Model):
     lease_until = models.DateTimeField(null=True, blank=True)
     bytes_purged_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = UploadQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -9,7 +9,6 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
-from django.db.models import Q
 from django.utils import timezone
 
 from uploads.models import Upload, UploadBlob
@@ -69,11 +68,7 @@ STUCK_QUEUED_AFTER = timedelta(minutes=2)
 def sweep_stuck_uploads() -> int:
     """Beat: re-enqueue queued uploads past due and uploads whose worker's lease ran out."""
     now = timezone.now()
-    stuck = Upload.objects.filter(
-        Q(status=Upload.Status.QUEUED, next_attempt_at__lt=now - STUCK_QUEUED_AFTER)
-        | Q(status=Upload.Status.QUEUED, next_attempt_at__isnull=True, created_at__lt=now - STUCK_QUEUED_AFTER)
-        | Q(status=Upload.Status.UPLOADING, lease_until__lt=now)
-    ).values_list("pk", flat=True)[:1000]
+    stuck = Upload.objects.stuck(now=now, grace=STUCK_QUEUED_AFTER).values_list("pk", flat=True)[:1000]
     count = 0
     for pk in stuck:
         upload_image.delay(str(pk))
@@ -88,7 +83,8 @@ def purge_image_bytes() -> int:
     """Beat: delete the bytes of final uploads older than the retention; the record stays."""
     cutoff = timezone.now() - timedelta(days=settings.UPLOAD_BYTES_RETENTION_DAYS)
     ids = list(
-        Upload.objects.filter(status__in=Upload.FINAL_STATUSES, finished_at__lt=cutoff, bytes_purged_at__isnull=True)
+        Upload.objects.final()
+        .filter(finished_at__lt=cutoff, bytes_purged_at__isnull=True)
         .values_list("pk", flat=True)[:5000]
     )
     if not ids:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.utils import timezone
@@ -11,6 +11,9 @@ from openplatform.core.secrets import EncryptedSecretsMixin
 
 #: WeChat: the ticket stays valid for 12 hours; a new one is pushed every 10 minutes.
 TICKET_LIFETIME = timedelta(hours=12)
+#: A newest ticket older than this means pushes have stopped (three missed in a row): the watchdog
+#: logs an error, /readyz reports "degraded", the dashboard and the metrics' help text flag it.
+TICKET_STALE_AFTER = timedelta(minutes=30)
 
 
 class ComponentVerifyTicket(EncryptedSecretsMixin, models.Model):
@@ -72,6 +75,12 @@ class ComponentAccessToken(EncryptedSecretsMixin, models.Model):
         return (self.expires_at - timezone.now()).total_seconds()
 
 
+class ComponentEventQuerySet(models.QuerySet):
+    def awaiting_exchange(self, *, received_before: datetime) -> ComponentEventQuerySet:
+        """Authorization events received before then whose code is still to be exchanged."""
+        return self.filter(processed_at__isnull=True, received_at__lt=received_before).exclude(auth_code_ciphertext="")
+
+
 class ComponentEvent(EncryptedSecretsMixin, models.Model):
     """Every authorization event pushed to the events URL (tickets are kept in their own table)."""
 
@@ -86,6 +95,8 @@ class ComponentEvent(EncryptedSecretsMixin, models.Model):
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+
+    objects = ComponentEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-received_at"]

@@ -18,8 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from openplatform.component.config import component_config
+from openplatform.component.models import TICKET_STALE_AFTER
 from openplatform.component.services import component_ticket_age
-from openplatform.ops.health import TICKET_STALE_SECONDS
 from openplatform.wechat.errors import ERRCODE_MEANINGS
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images
 from tenants.models import Authorizer
@@ -81,8 +81,12 @@ class TicketState:
 
     @property
     def stale(self) -> bool:
-        """No ticket at all, or the newest is older than 30 minutes (WeChat pushes every 10)."""
-        return self.configured and (self.age_seconds is None or self.age_seconds > TICKET_STALE_SECONDS)
+        """No ticket at all, or the newest is older than TICKET_STALE_AFTER (WeChat pushes every 10 minutes)."""
+        return self.configured and (self.age_seconds is None or self.age_seconds > TICKET_STALE_AFTER.total_seconds())
+
+    @property
+    def stale_after_minutes(self) -> int:
+        return int(TICKET_STALE_AFTER.total_seconds() // 60)
 
     @property
     def age_display(self) -> str:
@@ -193,12 +197,10 @@ def _attention(*, now: datetime, since: datetime, window: dict[str, str]) -> lis
     columns = ("pk", "appid", "nick_name", "tenant__slug", "func_info")
 
     # Queries 4 and 5, newest change first.
-    reauth_rows = Authorizer.objects.filter(status=Authorizer.Status.REAUTHORIZATION_REQUIRED).order_by("-updated_at")
+    reauth_rows = Authorizer.objects.reauthorization_required().order_by("-updated_at")
     for row in reauth_rows.values(*columns, "last_error")[: ATTENTION_LIMIT + 1]:
         _append(reauth, row, _shorten(row["last_error"]) or "the merchant must authorize again")
-    revoked_rows = Authorizer.objects.filter(
-        status=Authorizer.Status.REVOKED, revoked_at__gte=now - RECENTLY_REVOKED
-    ).order_by("-revoked_at")
+    revoked_rows = Authorizer.objects.revoked().filter(revoked_at__gte=now - RECENTLY_REVOKED).order_by("-revoked_at")
     for row in revoked_rows.values(*columns, "revoked_at")[: ATTENTION_LIMIT + 1]:
         _append(revoked, row, f"revoked {row['revoked_at']:%Y-%m-%d %H:%M} UTC")
 
@@ -206,14 +208,14 @@ def _attention(*, now: datetime, since: datetime, window: dict[str, str]) -> lis
     # applies (func_info is a JSON list, and JSON containment is not portable to SQLite). One small row
     # per authorized account.
     required = ", ".join(str(i) for i in UPLOADIMG_REQUIRED_ANY_OF)
-    for row in Authorizer.objects.filter(status=Authorizer.Status.AUTHORIZED).order_by("appid").values(*columns):
+    for row in Authorizer.objects.authorized().order_by("appid").values(*columns):
         if not can_upload_images(row["func_info"] or []):
             granted = ", ".join(str(i) for i in row["func_info"] or []) or "none"
             _append(no_permission, row, f"granted {granted}; needs any of {required}")
 
     # Query 7: authorizers with repeated failures in the window.
     failures = (
-        Upload.objects.filter(created_at__gte=since, status=Upload.Status.FAILED)
+        Upload.objects.failed().filter(created_at__gte=since)
         .values("authorizer_id", "authorizer__appid", "authorizer__nick_name", "tenant__slug")
         .annotate(n=Count("pk"))
         .filter(n__gte=REPEATED_FAILURES)

@@ -7,10 +7,9 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from openplatform.component.config import component_config
+from openplatform.component.models import TICKET_STALE_AFTER
 from openplatform.component.services import component_ticket_age
 from openplatform.ops.metrics import operator_token_presented
-
-TICKET_STALE_SECONDS = 30 * 60
 
 
 @require_GET
@@ -49,8 +48,9 @@ def _check_ticket() -> dict:
     if age is None:
         return {"ok": False, "error": "no component_verify_ticket received yet"}
     seconds = int(age.total_seconds())
-    if seconds > TICKET_STALE_SECONDS:
-        return {"ok": False, "age_seconds": seconds, "error": "newest ticket is older than 30 minutes"}
+    if seconds > TICKET_STALE_AFTER.total_seconds():
+        limit = int(TICKET_STALE_AFTER.total_seconds() // 60)
+        return {"ok": False, "age_seconds": seconds, "error": f"newest ticket is older than {limit} minutes"}
     return {"ok": True, "age_seconds": seconds}
 
 

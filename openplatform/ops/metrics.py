@@ -55,7 +55,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from openplatform.component.config import component_config
-from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
+from openplatform.component.models import TICKET_STALE_AFTER, ComponentAccessToken, ComponentVerifyTicket
 from tenants.models import Authorizer
 from uploads.models import Upload
 
@@ -196,15 +196,14 @@ def _upload_queue_families(now) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         "Age (since it was created) of the oldest upload not yet final, by status.",
         labels=["status"],
     )
-    in_flight = (Upload.Status.QUEUED, Upload.Status.UPLOADING)
     rows = {
         row["status"]: row
-        for row in Upload.objects.filter(status__in=in_flight)
+        for row in Upload.objects.in_flight()
         .values("status")
         .annotate(n=Count("pk"), oldest=Min("created_at"))
         .order_by()
     }
-    for status in in_flight:
+    for status in Upload.IN_FLIGHT_STATUSES:
         row = rows.get(status)
         depth.add_metric([status], row["n"] if row else 0)
         oldest.add_metric([status], max(0.0, (now - row["oldest"]).total_seconds()) if row else 0)
@@ -263,7 +262,8 @@ def _ticket_age_family(now) -> GaugeMetricFamily:
     family = GaugeMetricFamily(
         "openplatform_component_ticket_age_seconds",
         "Age of the newest component_verify_ticket (+Inf when the configured component has none). "
-        "WeChat pushes one every 10 minutes; over 1800 s means pushes are not arriving.",
+        f"WeChat pushes one every 10 minutes; over {TICKET_STALE_AFTER.total_seconds():.0f} s means pushes are "
+        "not arriving.",
         labels=["component_appid"],
     )
     latest = {

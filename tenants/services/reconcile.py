@@ -27,7 +27,7 @@ def authorizer_ids_due_for_refresh(*, window: timedelta = SCHEDULED_REFRESH_WIND
     """Authorized accounts whose token expires within `window` (or that have none yet)."""
     deadline = timezone.now() + window
     return list(
-        Authorizer.objects.filter(status=Authorizer.Status.AUTHORIZED)
+        Authorizer.objects.authorized()
         .filter(Q(access_token_expires_at__lt=deadline) | Q(access_token_expires_at__isnull=True))
         .order_by("access_token_expires_at")
         .values_list("pk", flat=True)

@@ -1,10 +1,8 @@
+"""Once installed the beat schedules. They are now written (and kept up to date) after every migrate by
+openplatform/ops/schedules.py, which this app, a lower layer, does not import: a no-op, kept for the
+migration history."""
+
 from django.db import migrations
-
-
-def forwards(apps, schema_editor):
-    from openplatform.ops.schedules import install_schedules
-
-    install_schedules(apps)
 
 
 class Migration(migrations.Migration):
@@ -13,4 +11,4 @@ class Migration(migrations.Migration):
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
-    operations = [migrations.RunPython(forwards, migrations.RunPython.noop)]
+    operations = [migrations.RunPython(migrations.RunPython.noop, migrations.RunPython.noop)]

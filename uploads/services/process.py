@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from openplatform.component.config import wechat_client
@@ -99,10 +99,9 @@ def _claim(upload_id) -> tuple[datetime, bool] | None:
     now = timezone.now()
     lease_until = now + timedelta(seconds=lease_seconds())
     values = {"status": Upload.Status.UPLOADING, "started_at": now, "lease_until": lease_until, "updated_at": now}
-    due = Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True)
-    if Upload.objects.filter(Q(pk=upload_id, status=Upload.Status.QUEUED) & due).update(**values):
+    if Upload.objects.filter(pk=upload_id).due(now=now).update(**values):
         return lease_until, False
-    if Upload.objects.filter(pk=upload_id, status=Upload.Status.UPLOADING, lease_until__lt=now).update(**values):
+    if Upload.objects.filter(pk=upload_id).lease_expired(now=now).update(**values):
         return lease_until, True
     return None
 
@@ -369,7 +368,7 @@ def upload_retry(*, upload: Upload) -> Upload:
     from uploads.tasks import upload_image
 
     with transaction.atomic():
-        Upload.objects.filter(pk=upload.pk, status=Upload.Status.FAILED).update(
+        Upload.objects.failed().filter(pk=upload.pk).update(
             status=Upload.Status.QUEUED, next_attempt_at=timezone.now(), finished_at=None,
             attempts_before_retry=F("attempts"), updated_at=timezone.now(),
         )
@@ -381,6 +380,6 @@ def upload_retry(*, upload: Upload) -> Upload:
 def uploads_reject_for_authorizer(*, authorizer_id: int, reason: str) -> int:
     """Queued uploads of a revoked authorizer become `rejected` (never sent)."""
     now = timezone.now()
-    return Upload.objects.filter(authorizer_id=authorizer_id, status=Upload.Status.QUEUED).update(
+    return Upload.objects.queued().filter(authorizer_id=authorizer_id).update(
         status=Upload.Status.REJECTED, errmsg=reason, finished_at=now, next_attempt_at=None, updated_at=now
     )

@@ -74,7 +74,7 @@ class Command(BaseCommand):
         DEMO_FILE.write_text(json.dumps({"api_key": api_key, "admin_password": password}))
         DEMO_FILE.chmod(0o600)
 
-        authorizer = tenant.authorizers.filter(status=Authorizer.Status.AUTHORIZED).first()
+        authorizer = tenant.authorizers.authorized().first()
         if authorizer is None:
             authorizer = self._authorize_through_page(tenant, web)
         if not SAMPLE_FILE.exists():
