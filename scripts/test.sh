@@ -31,4 +31,8 @@ else
   echo "       (apt-get install redis-server, or set TEST_REDIS_URL)" >&2
 fi
 
+# Dependencies point one way (docs/architecture.md §2): the import-linter contract in pyproject.toml.
+.venv/bin/lint-imports --no-cache >/dev/null || { .venv/bin/lint-imports --no-cache; exit 1; }
+echo "tests: import layers kept (lint-imports)"
+
 exec $PY -m pytest "$@"
