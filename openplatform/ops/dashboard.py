@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from openplatform.component.config import component_config
-from openplatform.component.services import component_ticket_age
+from openplatform.component.tickets import component_ticket_age
 from openplatform.ops.health import TICKET_STALE_SECONDS
 from openplatform.wechat.errors import ERRCODE_MEANINGS
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images

@@ -7,7 +7,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
 from openplatform.component.config import component_config
-from openplatform.component.services import component_ticket_age
+from openplatform.component.tickets import component_ticket_age
 
 TICKET_STALE_SECONDS = 30 * 60
 
