@@ -59,7 +59,7 @@ class World:
         from django.utils import timezone
 
         from openplatform.component.models import ComponentVerifyTicket
-        from openplatform.component.services import component_ticket_store
+        from openplatform.component.tickets import component_ticket_store
 
         raw = self.control.issue_ticket(COMPONENT["component_appid"])
         row = component_ticket_store(component_appid=COMPONENT["component_appid"], ticket=raw, pushed_at=timezone.now())

@@ -12,7 +12,7 @@ from openplatform.wechat.permissions import permission_set_name
 from tenants.errors import TenantsError
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.services.authorization import authorization_link_create, authorizer_revoke, authorizer_sync_info
-from tenants.services.tokens import authorizer_access_token_refresh
+from tenants.services.tokens import authorizer_access_token_force_refresh
 
 SECRET_FIELDS = ("access_token_ciphertext", "refresh_token_ciphertext", "app_secret_ciphertext")
 
@@ -115,7 +115,7 @@ class AuthorizerAdmin(admin.ModelAdmin):
     def refresh_token_now(self, request, queryset):
         for authorizer in queryset:
             try:
-                lease = authorizer_access_token_refresh(authorizer=authorizer, force=True)
+                lease = authorizer_access_token_force_refresh(authorizer=authorizer)
             except (WeChatError, TenantsError) as exc:
                 self.message_user(request, f"{authorizer.appid}: {exc}", messages.ERROR)
             else:

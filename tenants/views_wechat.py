@@ -1,29 +1,31 @@
-"""WeChat-facing endpoints: the authorization-event URL, per-authorizer message URL, redirect back."""
+"""WeChat-facing endpoints: the authorization-event URL, per-authorizer message URL, redirect back.
+
+A push to POST /wechat/component/events/ (docs/wechat-protocol.md §1, §3), end to end:
+1. `component_events` (here): size limit, msg_signature, decryption, safe XML parsing.
+2. `component_push_receive` (tenants/events.py) stores it via `component_push_store`
+   (openplatform/component/events.py): a ticket into component/tickets.py (the component token,
+   component/token.py, reads the newest), anything else as a `ComponentEvent` (component/models.py).
+3. In that transaction `unauthorized` revokes the account; `authorized`/`updateauthorized` enqueue
+   `tenants.process_component_event`, which exchanges the code once (`component_event_process`,
+   tenants/events.py); `tenants.sweep_component_events` retries what is left until the code expires.
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from openplatform.component.config import component_config
-from openplatform.component.models import ComponentEvent
-from openplatform.component.services import component_ticket_store
-from openplatform.core.queueing import enqueue_on_commit
+from openplatform.component.events import PushRefused
 from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
 from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
 from tenants.errors import TenantsError
-from tenants.services.authorization import (
-    authorization_code_exchange,
-    authorization_state_verify,
-    authorizer_revoke_by_appid,
-)
-from tenants.tasks import process_component_event
+from tenants.events import component_push_receive
+from tenants.services.authorization import authorization_code_exchange, authorization_state_verify
 
 logger = logging.getLogger(__name__)
 
@@ -68,58 +70,17 @@ def _read_verified(request: HttpRequest) -> dict[str, str] | HttpResponse:
         return _plain("malformed message", 400)
 
 
-def _pushed_at(fields: dict[str, str]) -> datetime:
-    try:
-        return datetime.fromtimestamp(int(fields.get("CreateTime", "")), tz=UTC)
-    except (ValueError, OverflowError, OSError):
-        return datetime.now(tz=UTC)
-
-
 @csrf_exempt
 @require_POST
 def component_events(request: HttpRequest) -> HttpResponse:
-    """POST /wechat/component/events/ — tickets and authorization events (docs/wechat-protocol.md §1, §3)."""
+    """POST /wechat/component/events/: tickets and authorization events."""
     fields = _read_verified(request)
     if isinstance(fields, HttpResponse):
         return fields
-    config = component_config()
-    info_type = fields.get("InfoType", "")
-    appid = fields.get("AppId", "")
-    if appid and appid != config.appid:
-        return _plain("unknown component", 400)
-    if info_type == "component_verify_ticket":
-        ticket = fields.get("ComponentVerifyTicket", "")
-        if not ticket:
-            return _plain("missing ComponentVerifyTicket", 400)
-        component_ticket_store(component_appid=config.appid, ticket=ticket, pushed_at=_pushed_at(fields))
-        return _plain("success")
-
-    authorizer_appid = fields.get("AuthorizerAppid", "")[:64]
-    event = ComponentEvent(
-        component_appid=config.appid,
-        info_type=info_type[:64] or "(none)",
-        authorizer_appid=authorizer_appid,
-        pushed_at=_pushed_at(fields),
-    )
-    if info_type in ("authorized", "updateauthorized"):
-        code = fields.get("AuthorizationCode", "")
-        if not code or not authorizer_appid:
-            return _plain("missing AuthorizationCode or AuthorizerAppid", 400)
-        event.set_auth_code(code)
-        with transaction.atomic():
-            event.save()
-            enqueue_on_commit(process_component_event, event.pk)
-    elif info_type == "unauthorized":
-        if not authorizer_appid:
-            return _plain("missing AuthorizerAppid", 400)
-        with transaction.atomic():
-            event.save()
-            authorizer_revoke_by_appid(component_appid=config.appid, appid=authorizer_appid)
-            event.processed_at = event.received_at
-            event.save(update_fields=["processed_at"])
-    else:
-        event.save()
-        logger.info("unhandled InfoType acknowledged", extra={"info_type": info_type[:64]})
+    try:
+        component_push_receive(fields=fields)
+    except PushRefused as exc:
+        return _plain(str(exc), 400)
     return _plain("success")
 
 

@@ -13,7 +13,7 @@ from django.conf import settings as django_settings
 from PIL import Image
 from rest_framework.test import APIClient
 
-from openplatform.component.services import component_ticket_store
+from openplatform.component.tickets import component_ticket_store
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
-from openplatform.component.services import component_ticket_store
+from openplatform.component.tickets import component_ticket_store
 from tenants.models import Authorizer, Tenant
 from uploads.models import Upload
 

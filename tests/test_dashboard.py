@@ -134,7 +134,7 @@ def test_staff_without_view_permissions_get_the_plain_index(client, django_user_
 def test_a_fresh_ticket_is_not_a_warning_and_an_empty_day_says_so(admin_client, settings):
     from django.utils import timezone
 
-    from openplatform.component.services import component_ticket_store
+    from openplatform.component.tickets import component_ticket_store
 
     component_ticket_store(component_appid=settings.WECHAT_COMPONENT_APPID, ticket="t", pushed_at=timezone.now())
     html = admin_client.get("/admin/").content.decode()

@@ -17,7 +17,8 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from openplatform.component.models import ComponentEvent, ComponentVerifyTicket
-from openplatform.component.services import component_access_token_get, component_ticket_latest
+from openplatform.component.tickets import component_ticket_latest
+from openplatform.component.token import component_access_token_get
 from openplatform.wechat.crypto import WXBizMsgCrypt
 from tenants.models import AuthCodeExchange, Authorizer
 from tenants.services.authorization import authorization_state_make

@@ -23,7 +23,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
-from openplatform.component.services import component_ticket_store
+from openplatform.component.tickets import component_ticket_store
 from openplatform.ops.schedules import schedules_defined, schedules_install
 from tenants.models import Authorizer
 from tenants.services.reconcile import authorizer_ids_due_for_refresh
@@ -406,7 +406,7 @@ def test_sweeper_closes_authorization_events_whose_code_has_expired(component, c
 
 @pytest.mark.django_db
 def test_component_token_beat_refreshes_ahead_of_the_on_demand_margin(component, ticket):
-    from openplatform.component.services import component_access_token_get
+    from openplatform.component.token import component_access_token_get
 
     first = component_access_token_get()
     ComponentAccessToken.objects.update(expires_at=timezone.now() + timedelta(seconds=900))

@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from openplatform.component.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
-from openplatform.component.services import component_ticket_latest
+from openplatform.component.tickets import component_ticket_latest
 from openplatform.core.secrets import SecretDecryptionError, _multifernet
 from tenants.models import Authorizer
 from tenants.services.tokens import authorizer_access_token_get

@@ -21,12 +21,9 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
 
+from openplatform.component.api import with_component_token
 from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
-from openplatform.component.services import (
-    component_access_token_get,
-    component_access_token_refresh,
-    with_component_token,
-)
+from openplatform.component.token import component_access_token_get, component_access_token_refresh
 from openplatform.wechat.errors import ConfigurationError, MissingTicket, TokenInvalid, TransientError
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
@@ -422,7 +419,7 @@ def test_missing_ticket_is_a_clear_error(component, db):
 
 def test_ticket_older_than_12_hours_is_missing(component, db):
     raw = component.issue_ticket(APPID)
-    from openplatform.component.services import component_ticket_store
+    from openplatform.component.tickets import component_ticket_store
 
     row = component_ticket_store(component_appid=APPID, ticket=raw, pushed_at=timezone.now())
     ComponentVerifyTicket.objects.filter(pk=row.pk).update(received_at=timezone.now() - timedelta(hours=13))
@@ -431,7 +428,7 @@ def test_ticket_older_than_12_hours_is_missing(component, db):
 
 
 def test_rejected_ticket_is_reported_with_the_way_out(component, db):
-    from openplatform.component.services import component_ticket_store
+    from openplatform.component.tickets import component_ticket_store
     from openplatform.wechat.errors import TicketInvalid
 
     component_ticket_store(component_appid=APPID, ticket="ticket@@@never-issued", pushed_at=timezone.now())

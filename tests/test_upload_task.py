@@ -250,7 +250,7 @@ def test_missing_ticket_requeues_the_upload_until_a_ticket_arrives(authorizer, c
     from django.conf import settings as dj_settings
 
     from openplatform.component.models import ComponentAccessToken, ComponentVerifyTicket
-    from openplatform.component.services import component_ticket_store
+    from openplatform.component.tickets import component_ticket_store
 
     upload = make_upload(authorizer)
     expire_access_token(authorizer)

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from openplatform.component.config import component_config
 from openplatform.component.models import TICKET_STALE_AFTER
-from openplatform.component.services import component_ticket_age
+from openplatform.component.tickets import component_ticket_age
 from openplatform.wechat.errors import ERRCODE_MEANINGS
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images
 from tenants.models import Authorizer

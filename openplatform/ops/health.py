@@ -8,7 +8,7 @@ from django.views.decorators.http import require_GET
 
 from openplatform.component.config import component_config
 from openplatform.component.models import TICKET_STALE_AFTER
-from openplatform.component.services import component_ticket_age
+from openplatform.component.tickets import component_ticket_age
 from openplatform.ops.metrics import operator_token_presented
 
 

@@ -12,7 +12,7 @@ Two sources, because the web server and the Celery workers are separate processe
   WeChat call latency per endpoint and call outcomes (from the one structured record per HTTP attempt
   that `openplatform.wechat.client` writes to the "openplatform.wechat" logger: `path`, `latency_ms`,
   `errcode`, `outcome`), and token refreshes by outcome (from the records of
-  `tenants.services.tokens` and `openplatform.component.services`). The protocol layer knows nothing of
+  `tenants.services.tokens` and `openplatform.component.token`). The protocol layer knows nothing of
   Prometheus or Django; it only logs.
 
   In-process metrics cover only the process that answers /metrics. Uploads and token refreshes
@@ -67,8 +67,8 @@ TOKEN_REFRESH_RECORDS: dict[tuple[str, str], tuple[str, str]] = {
     ("tenants.services.tokens", "authorizer token refreshed"): ("authorizer", "refreshed"),
     ("tenants.services.tokens", "authorizer token refresh failed: %s"): ("authorizer", "failed"),
     ("tenants.services.tokens", "authorizer needs re-authorization"): ("authorizer", "reauthorization_required"),
-    ("openplatform.component.services", "component token refreshed"): ("component", "refreshed"),
-    ("openplatform.component.services", "component token refresh failed: %s"): ("component", "failed"),
+    ("openplatform.component.token", "component token refreshed"): ("component", "refreshed"),
+    ("openplatform.component.token", "component token refresh failed: %s"): ("component", "failed"),
 }
 OBSERVED_LOGGERS = (WECHAT_LOGGER, *sorted({name for name, _ in TOKEN_REFRESH_RECORDS}))
 

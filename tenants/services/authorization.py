@@ -15,8 +15,8 @@ from django.core import signing
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from openplatform.component.config import component_config, wechat_client
-from openplatform.component.services import with_component_token
+from openplatform.component.api import component_api
+from openplatform.component.config import component_config
 from openplatform.wechat.client import AuthorizationInfo
 from openplatform.wechat.errors import AuthCodeInvalid
 from tenants.errors import AuthorizerBoundElsewhere, InvalidState
@@ -55,9 +55,7 @@ def authorization_state_verify(*, state: str) -> Tenant:
 def authorization_link_create(*, tenant: Tenant, auth_type: int = 3, biz_appid: str = "") -> AuthorizationLink:
     """A fresh pre_auth_code and the PC and mobile authorization URLs for it (docs/wechat-protocol.md §5)."""
     config = component_config()
-    pre = with_component_token(
-        lambda ctoken: wechat_client().create_preauthcode(component_access_token=ctoken, component_appid=config.appid)
-    )
+    pre = component_api(config=config).pre_auth_code()
     redirect_uri = config.authorized_redirect_url + "?" + urlencode({"state": authorization_state_make(tenant=tenant)})
     params = {
         "component_appid": config.appid,
@@ -96,11 +94,7 @@ def authorization_code_exchange(*, auth_code: str, tenant: Tenant | None = None)
         exchange = AuthCodeExchange.objects.select_for_update().get(code_sha256=digest)
         if exchange.completed_at is None:
             config = component_config()
-            info = with_component_token(
-                lambda ctoken: wechat_client().query_auth(
-                    component_access_token=ctoken, component_appid=config.appid, authorization_code=auth_code
-                )
-            )
+            info = component_api(config=config).query_auth(auth_code)
             authorizer = _authorizer_upsert_from_authorization(info=info, component_appid=config.appid)
             exchange.authorizer = authorizer
             exchange.completed_at = timezone.now()
@@ -169,13 +163,8 @@ def authorizer_sync_info(*, authorizer: Authorizer) -> Authorizer:
     (docs/wechat-protocol.md §7): it is replaced only if the stored one is still the one we had when we asked, so a
     refresh that rotated it meanwhile is not undone. `authorizer` is updated in place.
     """
-    config = component_config()
     asked_with = authorizer.refresh_token_ciphertext
-    info = with_component_token(
-        lambda ctoken: wechat_client().get_authorizer_info(
-            component_access_token=ctoken, component_appid=config.appid, authorizer_appid=authorizer.appid
-        )
-    )
+    info = component_api().get_authorizer_info(authorizer.appid)
     with transaction.atomic():
         row = Authorizer.objects.select_for_update(no_key=True).get(pk=authorizer.pk)
         row.nick_name = info.nick_name[:200]

@@ -11,14 +11,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from openplatform.component.config import component_config, wechat_client
-from openplatform.component.services import with_component_token
+from openplatform.component.api import component_api
+from openplatform.component.config import component_config
 from openplatform.core.tokens import SCHEDULED_REFRESH_WINDOW
 from openplatform.wechat.errors import NotAuthorized, WeChatError
 from tenants.errors import AuthorizerUnavailable
 from tenants.models import Authorizer
 from tenants.services.authorization import authorizer_revoke, authorizer_sync_info
-from tenants.services.tokens import authorizer_access_token_refresh
+from tenants.services.tokens import authorizer_access_token_refresh_ahead
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def authorizers_refresh(*, authorizer_ids: Iterable[int], window: timedelta = SC
     for authorizer in Authorizer.objects.filter(pk__in=list(authorizer_ids)):
         before = authorizer.token_generation
         try:
-            lease = authorizer_access_token_refresh(authorizer=authorizer, margin=window)
+            lease = authorizer_access_token_refresh_ahead(authorizer=authorizer, margin=window)
         except (WeChatError, AuthorizerUnavailable) as exc:
             report.failed += 1
             report.errors.append(f"{authorizer.appid}: {exc}")
@@ -85,10 +85,7 @@ def authorizers_reconcile() -> ReconcileReport:
     refreshes meanwhile is never overwritten with the copy read here.
     """
     config = component_config()
-    client = wechat_client()
-    items = with_component_token(
-        lambda ctoken: list(client.iter_authorizer_list(component_access_token=ctoken, component_appid=config.appid))
-    )
+    items = component_api(config=config).all_authorizers()
     report = ReconcileReport(seen=len(items))
     listed = {item.appid: item for item in items}
     ours = {

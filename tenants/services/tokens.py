@@ -1,10 +1,16 @@
 """Authorizer access tokens: refreshed ahead of expiry, single flight, compare-and-expire.
 
-docs/architecture.md §3.4. `authorizer_access_token_get` returns the stored token while more than the margin is
-left (no query: the caller already holds the row). Otherwise the refresh runs under a lock on the
-authorizer row (`SELECT ... FOR NO KEY UPDATE`, which does not block inserts of uploads that reference
-the row); the holder re-reads, calls WeChat, and persists the access token and whatever refresh token
-came back in the same transaction. Waiters then find the fresh token and never call WeChat.
+The refresh itself (row lock, re-check, call, save, failure recorded) is `openplatform.core.tokens`;
+this module says what is particular to an authorizer (docs/architecture.md, tokens):
+
+- the lock is on the authorizer row (`SELECT ... FOR NO KEY UPDATE`, which does not block inserts of
+  uploads that reference it); only an `authorized` account can have a token (`AuthorizerUnavailable`);
+- the token comes from api_authorizer_token with the refresh token, persisting whatever refresh
+  token comes back; 61023 is recovered once through api_get_authorizer_info; in direct mode it comes
+  from stable_token with the account's own secret;
+- a refresh token WeChat no longer accepts makes the account `reauthorization_required`
+  (`ReauthorizationRequired`, and `authorizer_status_changed` after commit);
+- the caller's `Authorizer` instance is updated in place with what was persisted.
 """
 
 from __future__ import annotations
@@ -15,9 +21,17 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from openplatform.component.config import component_config, wechat_client
-from openplatform.component.services import with_component_token
-from openplatform.core.tokens import ON_DEMAND_REFRESH_MARGIN, TokenLease
+from openplatform.component.api import component_api
+from openplatform.component.config import wechat_client
+from openplatform.core.tokens import (
+    ON_DEMAND_REFRESH_MARGIN,
+    SCHEDULED_REFRESH_WINDOW,
+    TokenLease,
+    token_force_refresh,
+    token_get,
+    token_refresh_after_failure,
+    token_refresh_ahead,
+)
 from openplatform.wechat.errors import NotAuthorized, RefreshTokenInvalid, WeChatError
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
@@ -26,22 +40,28 @@ from tenants.signals import authorizer_status_changed
 logger = logging.getLogger(__name__)
 
 
-def _lease(authorizer: Authorizer) -> TokenLease:
-    return TokenLease(authorizer.get_access_token() or "", authorizer.token_generation)
-
-
-def _usable(authorizer: Authorizer, margin: timedelta) -> bool:
-    return authorizer.token_seconds_left() > margin.total_seconds()
-
-
 def authorizer_access_token_get(
     *, authorizer: Authorizer, margin: timedelta = ON_DEMAND_REFRESH_MARGIN
 ) -> TokenLease:
-    if authorizer.status != Authorizer.Status.AUTHORIZED:
-        raise AuthorizerUnavailable(f"authorizer {authorizer.appid} is {authorizer.status}")
-    if _usable(authorizer, margin):
-        return _lease(authorizer)
-    return authorizer_access_token_refresh(authorizer=authorizer, margin=margin)
+    """The stored token while more than `margin` is left (no query: the caller holds the row), else a refresh."""
+    return token_get(_AuthorizerToken(authorizer), margin=margin)
+
+
+def authorizer_access_token_refresh_ahead(
+    *, authorizer: Authorizer, margin: timedelta = SCHEDULED_REFRESH_WINDOW
+) -> TokenLease:
+    """The beat's refresh: a new token when less than `margin` is left, else the stored one."""
+    return token_refresh_ahead(_AuthorizerToken(authorizer), margin=margin)
+
+
+def authorizer_access_token_refresh_after_failure(*, authorizer: Authorizer, failed_generation: int) -> TokenLease:
+    """WeChat refused the token of `failed_generation`: a new one, unless another caller already replaced it."""
+    return token_refresh_after_failure(_AuthorizerToken(authorizer), failed_generation=failed_generation)
+
+
+def authorizer_access_token_force_refresh(*, authorizer: Authorizer) -> TokenLease:
+    """A new token now, whatever is left of the current one (the admin's action)."""
+    return token_force_refresh(_AuthorizerToken(authorizer))
 
 
 def authorizer_access_token_refresh(
@@ -51,50 +71,85 @@ def authorizer_access_token_refresh(
     force: bool = False,
     margin: timedelta = ON_DEMAND_REFRESH_MARGIN,
 ) -> TokenLease:
-    """Refresh under the row lock; with `failed_generation` only if the failed token is still current.
+    """The older form with flags, kept for existing callers: one of the three modes above."""
+    if force:
+        return authorizer_access_token_force_refresh(authorizer=authorizer)
+    if failed_generation is not None:
+        return authorizer_access_token_refresh_after_failure(authorizer=authorizer, failed_generation=failed_generation)
+    return authorizer_access_token_refresh_ahead(authorizer=authorizer, margin=margin)
 
-    Updates `authorizer` in place with what was persisted.
-    """
-    reauthorize_reason = ""
-    error: WeChatError | None = None
-    with transaction.atomic():
-        row = Authorizer.objects.select_for_update(no_key=True).get(pk=authorizer.pk)
+
+class _AuthorizerToken:
+    """The `TokenSource` of one authorizer's token; `authorizer` is the caller's instance."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+
+    def current(self) -> Authorizer:
+        if self.authorizer.status != Authorizer.Status.AUTHORIZED:
+            raise _unavailable(self.authorizer)
+        return self.authorizer
+
+    def lock(self) -> Authorizer:
+        row = Authorizer.objects.select_for_update(no_key=True).get(pk=self.authorizer.pk)
         if row.status != Authorizer.Status.AUTHORIZED:
-            _copy_token_state(row, authorizer)
-            raise AuthorizerUnavailable(f"authorizer {row.appid} is {row.status}")
-        someone_refreshed = failed_generation is not None and row.token_generation != failed_generation
-        if _usable(row, margin) and not force and (failed_generation is None or someone_refreshed):
-            _copy_token_state(row, authorizer)
-            return _lease(row)
-        try:
-            _refresh_from_wechat(row, force=force or failed_generation is not None)
-        except (RefreshTokenInvalid, NotAuthorized) as exc:
-            reauthorize_reason = f"WeChat refused the refresh token ({exc}); the merchant must authorize again"
-            row.status = Authorizer.Status.REAUTHORIZATION_REQUIRED
-            row.wipe_tokens()
-            row.last_error, row.last_error_at = reauthorize_reason, timezone.now()
-            row.save()
-        except WeChatError as exc:
-            error = exc
+            _copy_token_state(row, self.authorizer)  # the caller's copy shows why
+            raise _unavailable(row)
+        return row
+
+    def seconds_left(self, row: Authorizer) -> float:
+        return row.token_seconds_left()
+
+    def generation(self, row: Authorizer) -> int:
+        return row.token_generation
+
+    def serve(self, row: Authorizer) -> TokenLease:
+        _copy_token_state(row, self.authorizer)
+        return TokenLease(row.get_access_token() or "", row.token_generation)
+
+    def renew(self, row: Authorizer, *, force: bool) -> None:
+        if row.mode == Authorizer.Mode.DIRECT:
+            token = wechat_client().stable_token(appid=row.appid, secret=row.get_app_secret() or "", force_refresh=force)
+            access_token, expires_in, new_refresh = token.access_token, token.expires_in, None
         else:
-            row.save()
-            _copy_token_state(row, authorizer)
-            logger.info(
-                "authorizer token refreshed",
-                extra={"authorizer_appid": row.appid, "generation": row.token_generation},
-            )
-            return _lease(row)
-    if reauthorize_reason:
-        _copy_token_state(row, authorizer)
-        authorizer.status = row.status
+            access_token, expires_in, new_refresh = _refresh_component_authorizer(row)
+        now = timezone.now()
+        row.set_access_token(access_token)
+        row.access_token_expires_at = now + timedelta(seconds=expires_in)
+        row.token_generation += 1
+        row.token_refreshed_at = now
+        row.refresh_count += 1
+        row.last_error = ""
+        if new_refresh and new_refresh != row.get_refresh_token():
+            # docs/wechat-protocol.md §7: always persist whatever refresh token comes back (the old one
+            # has a short grace).
+            row.set_refresh_token(new_refresh)
+
+    def refused(self, row: Authorizer, error: WeChatError) -> Exception | None:
+        if not isinstance(error, RefreshTokenInvalid | NotAuthorized):
+            return None
+        reason = f"WeChat refused the refresh token ({error}); the merchant must authorize again"
+        row.status = Authorizer.Status.REAUTHORIZATION_REQUIRED
+        row.wipe_tokens()
+        row.last_error, row.last_error_at = reason, timezone.now()
+        row.save()
+        _copy_token_state(row, self.authorizer)
         logger.warning("authorizer needs re-authorization", extra={"authorizer_appid": row.appid})
         transaction.on_commit(
             lambda: authorizer_status_changed.send(sender=Authorizer, authorizer_id=row.pk, status=row.status)
         )
-        raise ReauthorizationRequired(reauthorize_reason)
-    Authorizer.objects.filter(pk=authorizer.pk).update(last_error=str(error)[:2000], last_error_at=timezone.now())
-    logger.warning("authorizer token refresh failed: %s", error, extra={"authorizer_appid": authorizer.appid})
-    raise error
+        return ReauthorizationRequired(reason)
+
+    def record_failure(self, error: WeChatError) -> None:
+        Authorizer.objects.filter(pk=self.authorizer.pk).update(last_error=str(error)[:2000], last_error_at=timezone.now())
+        logger.warning("authorizer token refresh failed: %s", error, extra={"authorizer_appid": self.authorizer.appid})
+
+    def log_refreshed(self, row: Authorizer) -> None:
+        logger.info("authorizer token refreshed", extra={"authorizer_appid": row.appid, "generation": row.token_generation})
+
+
+def _unavailable(authorizer: Authorizer) -> AuthorizerUnavailable:
+    return AuthorizerUnavailable(f"authorizer {authorizer.appid} is {authorizer.status}")
 
 
 def _copy_token_state(source: Authorizer, target: Authorizer) -> None:
@@ -110,40 +165,12 @@ def _copy_token_state(source: Authorizer, target: Authorizer) -> None:
         setattr(target, field, getattr(source, field))
 
 
-def _refresh_from_wechat(row: Authorizer, *, force: bool) -> None:
-    """Call WeChat for a new token and set it on `row` (not saved). Runs under the row lock."""
-    client = wechat_client()
-    if row.mode == Authorizer.Mode.DIRECT:
-        token = client.stable_token(appid=row.appid, secret=row.get_app_secret() or "", force_refresh=force)
-        access_token, expires_in, new_refresh = token.access_token, token.expires_in, None
-    else:
-        access_token, expires_in, new_refresh = _refresh_component_authorizer(row)
-    now = timezone.now()
-    row.set_access_token(access_token)
-    row.access_token_expires_at = now + timedelta(seconds=expires_in)
-    row.token_generation += 1
-    row.token_refreshed_at = now
-    row.refresh_count += 1
-    row.last_error = ""
-    if new_refresh and new_refresh != row.get_refresh_token():
-        # docs/wechat-protocol.md §7: always persist the refresh token that comes back (old one has a grace).
-        row.set_refresh_token(new_refresh)
-
-
 def _refresh_component_authorizer(row: Authorizer) -> tuple[str, int, str | None]:
-    config = component_config()
-    client = wechat_client()
+    """(access token, expires_in, refresh token) from api_authorizer_token; 61023 recovered once."""
+    component = component_api()
 
     def refresh(refresh_token: str) -> tuple[str, int, str | None]:
-        token = with_component_token(
-            lambda ctoken: client.authorizer_token(
-                component_access_token=ctoken,
-                component_appid=config.appid,
-                authorizer_appid=row.appid,
-                authorizer_refresh_token=refresh_token,
-            ),
-            config=config,
-        )
+        token = component.authorizer_token(authorizer_appid=row.appid, refresh_token=refresh_token)
         return token.access_token, token.expires_in, token.refresh_token or refresh_token
 
     stored = row.get_refresh_token()
@@ -152,13 +179,9 @@ def _refresh_component_authorizer(row: Authorizer) -> tuple[str, int, str | None
             return refresh(stored)
         except RefreshTokenInvalid:
             logger.warning("refresh token rejected (61023); recovering it once", extra={"authorizer_appid": row.appid})
-    # docs/wechat-protocol.md §7: 61023 -> current refresh token from api_get_authorizer_info once, retry once.
-    info = with_component_token(
-        lambda ctoken: client.get_authorizer_info(
-            component_access_token=ctoken, component_appid=config.appid, authorizer_appid=row.appid
-        ),
-        config=config,
-    )
+    # docs/wechat-protocol.md §7: 61023 -> fetch the current refresh token from api_get_authorizer_info
+    # once, retry once.
+    info = component.get_authorizer_info(row.appid)
     if not info.refresh_token or info.refresh_token == stored:
         raise RefreshTokenInvalid(61023, "no newer refresh token available from api_get_authorizer_info")
     row.set_refresh_token(info.refresh_token)

@@ -41,7 +41,7 @@ from openplatform.wechat.errors import (
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images, uploadimg_hint
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
-from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh
+from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh_after_failure
 from uploads.models import Upload, UploadAttempt, UploadBlob
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
                 # Saved now (with the count), so a run lost from here on cannot reuse its number.
                 _save_attempts_now(run)
                 try:  # expire this token only if it is still current; one refresh, one retry
-                    authorizer_access_token_refresh(authorizer=authorizer, failed_generation=lease.generation)
+                    authorizer_access_token_refresh_after_failure(authorizer=authorizer, failed_generation=lease.generation)
                 except ReauthorizationRequired as rexc:
                     return _finish(run, Upload.Status.FAILED, errcode=61023, errmsg=str(rexc))
                 except AuthorizerUnavailable as rexc:

@@ -23,7 +23,7 @@ from django.core.management.base import BaseCommand, CommandError
 from PIL import Image
 
 from openplatform.component.config import component_config
-from openplatform.component.services import component_ticket_latest
+from openplatform.component.tickets import component_ticket_latest
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.services.authorization import authorization_link_create
 from tenants.services.keys import api_key_create

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from openplatform.component.config import component_config, wechat_client
+from openplatform.component.api import component_api
+from openplatform.component.config import component_config
 from openplatform.wechat.errors import WeChatError
 
 
@@ -22,7 +23,7 @@ class Command(BaseCommand):
         if not (config.appid and config.appsecret):
             raise CommandError("WECHAT_COMPONENT_APPID and WECHAT_COMPONENT_APPSECRET must be set")
         try:
-            wechat_client().start_push_ticket(component_appid=config.appid, component_secret=config.appsecret)
+            component_api(config=config).start_push_ticket()
         except WeChatError as exc:
             raise CommandError(f"api_start_push_ticket failed: {exc}") from exc
         self.stdout.write(

@@ -1,0 +1,108 @@
+"""Authorization events applied to accounts: what a push to the events URL does to an authorizer.
+
+`component_push_receive` runs in the view's request (tenants/views_wechat.py): the push is stored
+(openplatform/component/events.py), then `authorized`/`updateauthorized` enqueue the code exchange
+and `unauthorized` revokes the account in the same transaction. `component_event_process` is the
+exchange (task `tenants.process_component_event`); `component_events_sweep` re-enqueues what was
+stored but not processed (task `tenants.sweep_component_events`).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from openplatform.component.config import component_config
+from openplatform.component.events import AUTHORIZATION_GRANTED, REVOKED, component_push_store
+from openplatform.component.models import ComponentEvent
+from openplatform.core.queueing import enqueue_on_commit
+from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
+from tenants.services.authorization import authorization_code_exchange, authorizer_revoke_by_appid
+
+logger = logging.getLogger(__name__)
+
+#: An auth code lives an hour (AuthorizationCodeExpiredTime, docs/wechat-protocol.md §3); margin for
+#: clock skew.
+AUTH_CODE_LIFETIME = timedelta(hours=2)
+#: An event younger than this may still be in the queue: the sweeper leaves it alone.
+SWEEP_GRACE = timedelta(minutes=2)
+SWEEP_BATCH = 500
+
+
+def component_push_receive(*, fields: dict[str, str]) -> None:
+    """Store a verified push and act on it. Raises `PushRefused` (nothing stored) for a malformed one."""
+    from tenants.tasks import process_component_event  # the task module imports this one
+
+    config = component_config()
+    with transaction.atomic():
+        event = component_push_store(config=config, fields=fields)
+        if event is None:  # a ticket: stored, nothing else to do
+            return
+        if event.info_type in AUTHORIZATION_GRANTED:
+            enqueue_on_commit(process_component_event, event.pk)
+        elif event.info_type == REVOKED:
+            authorizer_revoke_by_appid(component_appid=config.appid, appid=event.authorizer_appid)
+            event.processed_at = event.received_at
+            event.save(update_fields=["processed_at"])
+        else:
+            logger.info("unhandled InfoType acknowledged", extra={"info_type": fields.get("InfoType", "")[:64]})
+
+
+def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
+    """Exchange the auth code of an authorized/updateauthorized event (idempotent).
+
+    The event is final once the code is exchanged or WeChat calls the code dead (61009). Any other
+    failure (no ticket yet, WeChat unreachable, ...) keeps the code and records the error, so
+    `component_events_sweep` tries again until the code itself expires: losing it would lose the
+    authorization (docs/wechat-protocol.md §8: an account whose code was never exchanged may have no
+    refresh token). With `may_retry`, a retryable error is raised instead (nothing recorded), for
+    the task to retry soon.
+    """
+    with transaction.atomic():
+        event = ComponentEvent.objects.select_for_update().filter(pk=event_id).first()
+        if event is None or event.processed_at is not None:
+            return
+        code = event.get_auth_code()
+        try:
+            if code:
+                authorization_code_exchange(auth_code=code)
+        except AuthCodeInvalid as exc:
+            event.error = str(exc)[:2000]
+        except WeChatError as exc:
+            if exc.retryable and may_retry:
+                raise
+            event.error = str(exc)[:2000]
+            event.save(update_fields=["error"])
+            logger.warning("authorization event not processed yet: %s", exc, extra={"event_id": event.pk})
+            return
+        else:
+            event.error = ""
+        event.processed_at = timezone.now()
+        event.set_auth_code(None)
+        event.save()
+
+
+def component_events_sweep() -> int:
+    """Re-enqueue authorization events stored but not processed yet (broker down, no ticket yet, WeChat
+    unreachable); returns how many. Past the code's lifetime they are closed instead: the code is dead."""
+    from tenants.tasks import process_component_event  # the task module imports this one
+
+    now = timezone.now()
+    expired = ComponentEvent.objects.awaiting_exchange(received_before=now - AUTH_CODE_LIFETIME)
+    closed = expired.update(
+        processed_at=now,
+        auth_code_ciphertext="",
+        error="the authorization code expired before it could be exchanged; reconciliation will find the account",
+    )
+    if closed:
+        logger.error("%d authorization event(s) expired unprocessed", closed)
+    ids = list(
+        ComponentEvent.objects.awaiting_exchange(received_before=now - SWEEP_GRACE)
+        .values_list("pk", flat=True)[:SWEEP_BATCH]
+    )
+    for pk in ids:
+        process_component_event.delay(pk)
+    return len(ids)
