@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from openplatform.core.api import ApiError
+from openplatform.core.api_schema import refusal_responses
 from openplatform.wechat.errors import WeChatError
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, permission_set_name
+from tenants.errors import WeChatUnavailable
 from tenants.selectors import authorizer_list
 from tenants.services.authorization import authorization_link_create
-
-
-class ErrorSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    detail = serializers.CharField()
 
 
 class PermissionSetSerializer(serializers.Serializer):
@@ -70,19 +66,15 @@ class AuthorizationLinkApi(APIView):
             "(scan the QR code), `mobile_url` to open inside WeChat. Single use; expires at `expires_at`."
         ),
         request=None,
-        responses={
-            201: OutputSerializer,
-            503: OpenApiResponse(ErrorSerializer, description="`wechat_unavailable`: WeChat refused or is unreachable."),
-        },
+        responses={201: OutputSerializer, **refusal_responses([WeChatUnavailable])},
     )
     def post(self, request: Request) -> Response:
         try:
             link = authorization_link_create(tenant=request.user.tenant)
         except WeChatError as exc:
-            raise ApiError("wechat_unavailable", f"Could not get a pre-authorization code from WeChat: {exc.describe()}",
-                           status_code=status.HTTP_503_SERVICE_UNAVAILABLE) from exc
+            raise WeChatUnavailable(f"Could not get a pre-authorization code from WeChat: {exc.describe()}") from exc
         data = self.OutputSerializer({"url": link.url, "mobile_url": link.mobile_url, "expires_at": link.expires_at}).data
         return Response(data, status=status.HTTP_201_CREATED)
 
 
-__all__ = ["AuthorizerListApi", "AuthorizationLinkApi", "ErrorSerializer"]
+__all__ = ["AuthorizerListApi", "AuthorizationLinkApi"]

@@ -1,20 +1,22 @@
-"""Domain errors of the tenants app, each with a stable code for API responses."""
+"""Refusals of the tenants app: each class carries the stable `code` and HTTP `status` the API answers with.
+
+Without a detail, the message is the class docstring.
+"""
 
 from __future__ import annotations
 
+from openplatform.core.api import ApiError
 
-class TenantsError(Exception):
+
+class TenantsError(ApiError):
     code = "tenants_error"
-
-    def __init__(self, detail: str = "") -> None:
-        self.detail = detail or self.__class__.__doc__ or self.code
-        super().__init__(self.detail)
 
 
 class AuthorizerUnavailable(TenantsError):
     """The authorizer is revoked or needs re-authorization; no token can be had for it."""
 
     code = "authorizer_unavailable"
+    status = 409
 
 
 class ReauthorizationRequired(AuthorizerUnavailable):
@@ -33,3 +35,11 @@ class AuthorizerBoundElsewhere(TenantsError):
     """This WeChat account is already bound to another merchant; an operator must move it."""
 
     code = "authorizer_bound_elsewhere"
+    status = 409
+
+
+class WeChatUnavailable(TenantsError):
+    """WeChat refused or is unreachable."""
+
+    code = "wechat_unavailable"
+    status = 503

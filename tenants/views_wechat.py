@@ -114,7 +114,7 @@ def authorized_redirect(request: HttpRequest) -> HttpResponse:
             authorizer = authorization_code_exchange(auth_code=auth_code, tenant=tenant)
         except TenantsError as exc:
             context["message"] = exc.detail
-            status = 409 if exc.code == "authorizer_bound_elsewhere" else 400
+            status = exc.status
         except AuthCodeInvalid:
             # 61009: the code is unknown, expired or used up; the merchant's problem, not WeChat's outage.
             context["message"] = (

@@ -392,6 +392,7 @@ def test_bad_requests_are_4xx_json_never_5xx(api_client, authorizer):
             URL, {"media": "not a file", "authorizer_appid": authorizer.appid}, format="multipart"),
         "huge appid": lambda: post(api_client, png, "wx" * 5000),
         "non-ascii appid": lambda: post(api_client, png, "wx测试"),
+        "NUL in appid": lambda: post(api_client, png, "wx\x00"),  # PostgreSQL refuses NUL in a query
         "long idempotency key": lambda: post(api_client, png, authorizer.appid, headers={"Idempotency-Key": "k" * 300}),
         "empty file named jpg": lambda: post(api_client, b"", authorizer.appid, name="a.jpg"),
         "200 files": lambda: api_client.post(URL, {

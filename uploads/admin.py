@@ -7,6 +7,7 @@ import base64
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from uploads.errors import UploadNotRetryable
 from uploads.models import Upload, UploadAttempt, UploadBlob
 from uploads.services.process import upload_retry
 
@@ -77,7 +78,7 @@ class UploadAdmin(admin.ModelAdmin):
         for upload in queryset:
             try:
                 upload_retry(upload=upload)
-            except ValueError as exc:
+            except UploadNotRetryable as exc:
                 self.message_user(request, f"{upload.pk}: {exc}", messages.WARNING)
             else:
                 retried += 1

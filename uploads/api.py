@@ -1,11 +1,15 @@
-"""Merchant REST API for uploads: thin views over services and selectors."""
+"""Merchant REST API for uploads: views validate with a serializer, call a service, serialize the result.
+
+Refusals are the typed errors of uploads.errors; the API's exception handler renders them.
+"""
 
 from __future__ import annotations
 
 import uuid
 
+from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -13,9 +17,23 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from openplatform.core.api import ApiError
-from tenants.api import ErrorSerializer
-from uploads.errors import UploadRefused
+from openplatform.core.api import RefusingSerializer
+from openplatform.core.api_schema import refusal_responses, refusal_table
+from uploads.errors import (
+    EmptyFile,
+    IdempotencyConflict,
+    ImageDimensionsTooLarge,
+    ImageTooLarge,
+    InvalidFileType,
+    InvalidFit,
+    InvalidIdempotencyKey,
+    InvalidStatusFilter,
+    MissingAuthorizerAppid,
+    MissingMedia,
+    MultipleMedia,
+    UnknownAuthorizer,
+    UploadNotFound,
+)
 from uploads.images import MAX_FIT_INPUT_BYTES
 from uploads.models import Upload
 from uploads.selectors import upload_get, upload_list
@@ -46,35 +64,74 @@ class UploadSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class UploadCreateSerializer(serializers.Serializer):
-    media = serializers.FileField(help_text="The image: a real JPEG or PNG, at most 1,048,576 bytes.")
+class FitField(serializers.BooleanField):
+    """true, false, 1 or 0 in any case (empty is false): a typo such as `fit=ture` is refused, not read as false."""
+
+    TRUE_VALUES = {"true", "1"}
+    FALSE_VALUES = {"false", "0"}
+
+    def to_internal_value(self, data):
+        return super().to_internal_value(str(data).lower())
+
+
+class UploadCreateSerializer(RefusingSerializer):
+    """An image for one of your accounts; each refusal is a typed error with its own code."""
+
+    media = serializers.FileField(
+        allow_empty_file=True,  # `empty_file` is the image check's, like every other verdict on the bytes
+        help_text="The image: a real JPEG or PNG, at most 1,048,576 bytes.",
+    )
     authorizer_appid = serializers.CharField(max_length=64, help_text="One of your authorized accounts.")
-    fit = serializers.BooleanField(
+    fit = FitField(
         required=False, default=False,
         help_text="Recompress or downscale a valid JPEG/PNG over 1 MB until it fits (PNG keeps transparency; "
         "orientation is applied and metadata stripped). The record keeps both sizes.",
     )
 
+    refusals = {
+        ("media", "required"): MissingMedia,
+        ("media", "invalid"): MissingMedia,  # a text part named `media`
+        ("media", "no_name"): MissingMedia,
+        ("authorizer_appid", "required"): MissingAuthorizerAppid,
+        ("authorizer_appid", "blank"): MissingAuthorizerAppid,
+        # No account has such an appid: the same answer as for any other appid that is not yours.
+        ("authorizer_appid", "max_length"): UnknownAuthorizer,
+        ("authorizer_appid", "invalid"): UnknownAuthorizer,
+        ("authorizer_appid", "null_characters_not_allowed"): UnknownAuthorizer,
+        ("authorizer_appid", "surrogate_characters_not_allowed"): UnknownAuthorizer,
+        ("fit", "invalid"): InvalidFit,
+    }
 
-_ERROR_CODES_DOC = """
-Refusals are `{"code": "...", "detail": "..."}`:
+    def validate_media(self, media: UploadedFile) -> UploadedFile:
+        parts = self.initial_data.getlist("media") if hasattr(self.initial_data, "getlist") else [media]
+        if sum(isinstance(part, UploadedFile) for part in parts) > 1:
+            raise MultipleMedia()  # rather than silently picking one of them
+        if media.size > MAX_FIT_INPUT_BYTES:  # refused before its bytes are read into memory
+            raise ImageTooLarge(f"The image is {media.size:,} bytes; the limit is 1,048,576 bytes.")
+        return media
 
-| status | code | when |
-|---|---|---|
-| 400 | `missing_media` | no `media` part |
-| 400 | `multiple_media` | more than one `media` part |
-| 400 | `missing_authorizer_appid` | no `authorizer_appid` |
-| 400 | `empty_file` | `media` is empty |
-| 400 | `invalid_file_type` | not a real, complete JPEG or PNG (checked by content, not by name) |
-| 400 | `image_dimensions_too_large` | more than 40 million pixels |
-| 413 | `image_too_large` | over 1,048,576 bytes (without `fit=true`) |
-| 400 | `unknown_authorizer` | the appid is not one of your authorized accounts |
-| 400 | `invalid` | other malformed fields (see `errors`) |
-| 409 | `idempotency_conflict` | the same `Idempotency-Key` was used for a different request |
-| 401 | `authentication_failed` / `not_authenticated` | missing, invalid or revoked API key |
-| 403 | `permission_denied` | the merchant account is disabled |
-| 429 | `throttled` | too many requests |
-"""
+    def validate(self, attrs: dict) -> dict:
+        idempotency_key = self.context["request"].headers.get("Idempotency-Key", "").strip()
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidIdempotencyKey()
+        return {**attrs, "idempotency_key": idempotency_key}
+
+
+#: Every refusal of POST /api/v1/uploads/, roughly in the order the request is checked.
+UPLOAD_CREATE_REFUSALS = (
+    MissingMedia, MultipleMedia, MissingAuthorizerAppid, InvalidFit, InvalidIdempotencyKey,
+    EmptyFile, InvalidFileType, ImageDimensionsTooLarge, ImageTooLarge, UnknownAuthorizer, IdempotencyConflict,
+)
+
+
+def _refuse_oversized_body(request: Request) -> None:
+    """A body declared far larger than any image we take is refused before it is read or parsed."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        declared = 0
+    if declared > MAX_FIT_INPUT_BYTES + ENVELOPE_ALLOWANCE:
+        raise ImageTooLarge("The request body is far larger than the 1 MB image limit.")
 
 
 class UploadListCreateApi(ListAPIView):
@@ -84,7 +141,7 @@ class UploadListCreateApi(ListAPIView):
     def get_queryset(self):
         status_filter = self.request.query_params.get("status") or None
         if status_filter and status_filter not in Upload.Status.values:
-            raise ApiError("invalid_status", f"status must be one of {', '.join(Upload.Status.values)}")
+            raise InvalidStatusFilter(f"status must be one of {', '.join(Upload.Status.values)}")
         return upload_list(
             tenant=self.request.user.tenant,
             status=status_filter,
@@ -97,7 +154,7 @@ class UploadListCreateApi(ListAPIView):
             OpenApiParameter("status", OpenApiTypes.STR, enum=Upload.Status.values),
             OpenApiParameter("authorizer_appid", OpenApiTypes.STR),
         ],
-        responses={200: UploadSerializer(many=True), 400: ErrorSerializer},
+        responses={200: UploadSerializer(many=True), **refusal_responses([InvalidStatusFilter])},
     )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
@@ -105,7 +162,7 @@ class UploadListCreateApi(ListAPIView):
     @extend_schema(
         summary="Upload an image for one of your WeChat accounts",
         description="Accepted uploads are sent to WeChat's media/uploadimg by a worker; poll the upload "
-        "until `status` is final (`succeeded`, `failed` or `rejected`).\n" + _ERROR_CODES_DOC,
+        "until `status` is final (`succeeded`, `failed` or `rejected`).\n\n" + refusal_table(UPLOAD_CREATE_REFUSALS),
         request={"multipart/form-data": UploadCreateSerializer},
         parameters=[
             OpenApiParameter(
@@ -114,12 +171,7 @@ class UploadListCreateApi(ListAPIView):
                 "same upload and creates nothing; the same key with a different request is 409.",
             )
         ],
-        responses={
-            202: UploadSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Bad input (see the table)."),
-            409: OpenApiResponse(ErrorSerializer, description="`idempotency_conflict`"),
-            413: OpenApiResponse(ErrorSerializer, description="`image_too_large`"),
-        },
+        responses={202: UploadSerializer, **refusal_responses(UPLOAD_CREATE_REFUSALS)},
         examples=[
             OpenApiExample(
                 "Accepted",
@@ -139,44 +191,18 @@ class UploadListCreateApi(ListAPIView):
         ],
     )
     def post(self, request: Request) -> Response:
-        try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            declared = 0
-        if declared > MAX_FIT_INPUT_BYTES + ENVELOPE_ALLOWANCE:
-            # Refused before the body is read or parsed.
-            raise ApiError("image_too_large", "The request body is far larger than the 1 MB image limit.",
-                           status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-        files = request.FILES.getlist("media")
-        if not files:
-            raise ApiError("missing_media", "Send the image as the multipart part named 'media'.")
-        if len(files) > 1:  # refuse rather than silently pick one of them
-            raise ApiError("multiple_media", "Send exactly one file in the part named 'media'.")
-        media = files[0]
-        authorizer_appid = str(request.data.get("authorizer_appid", "")).strip()
-        if not authorizer_appid:
-            raise ApiError("missing_authorizer_appid", "Name the account to upload for in 'authorizer_appid'.")
-        fit_raw = str(request.data.get("fit", "false")).lower()
-        if fit_raw not in ("true", "false", "1", "0", ""):
-            raise ApiError("invalid", "fit must be true or false")
-        idempotency_key = request.headers.get("Idempotency-Key", "").strip()
-        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise ApiError("invalid_idempotency_key", "Idempotency-Key is at most 255 characters.")
-        if media.size > MAX_FIT_INPUT_BYTES:
-            raise ApiError("image_too_large", f"The image is {media.size:,} bytes; the limit is 1,048,576 bytes.",
-                           status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-        principal = request.user
-        try:
-            accepted = upload_create(
-                tenant=principal.tenant,
-                authorizer_appid=authorizer_appid[:64],
-                data=media.read(),
-                fit=fit_raw in ("true", "1"),
-                idempotency_key=idempotency_key,
-                api_key=principal.api_key,
-            )
-        except UploadRefused as exc:
-            raise ApiError(exc.code, exc.detail, status_code=exc.status_code) from None
+        _refuse_oversized_body(request)
+        incoming = UploadCreateSerializer(data=request.data, context={"request": request})
+        incoming.is_valid(raise_exception=True)
+        fields = incoming.validated_data
+        accepted = upload_create(
+            tenant=request.user.tenant,
+            authorizer_appid=fields["authorizer_appid"],
+            data=fields["media"].read(),
+            fit=fields["fit"],
+            idempotency_key=fields["idempotency_key"],
+            api_key=request.user.api_key,
+        )
         headers = {"Location": f"/api/v1/uploads/{accepted.upload.pk}/"}
         if accepted.replayed:
             headers["Idempotent-Replayed"] = "true"
@@ -187,7 +213,7 @@ class UploadDetailApi(APIView):
     @extend_schema(
         summary="One upload",
         parameters=[OpenApiParameter("upload_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-        responses={200: UploadSerializer, 404: ErrorSerializer},
+        responses={200: UploadSerializer, **refusal_responses([UploadNotFound])},
     )
     def get(self, request: Request, upload_id: str) -> Response:
         # The URL takes any string so that a malformed id is this JSON 404, not Django's HTML one.
@@ -197,5 +223,5 @@ class UploadDetailApi(APIView):
             pk = None
         upload = upload_get(tenant=request.user.tenant, upload_id=pk) if pk else None
         if upload is None:  # another tenant's upload is indistinguishable from a missing one
-            raise ApiError("not_found", "No such upload.", status_code=status.HTTP_404_NOT_FOUND)
+            raise UploadNotFound()
         return Response(UploadSerializer(upload).data)

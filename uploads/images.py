@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from uploads.errors import UploadRefused
+from uploads.errors import EmptyFile, ImageDimensionsTooLarge, ImageRejected, ImageTooLarge, InvalidFileType
 
 MAX_UPLOAD_BYTES = 1_048_576
 #: With fit=true, a larger valid image is accepted as input and made to fit.
@@ -24,10 +24,6 @@ MAX_PIXELS = 40_000_000
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class ImageRejected(UploadRefused):
-    """The bytes are not an image WeChat will take (or cannot be made to fit)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +64,7 @@ def _decode(data: bytes, content_type: str, *, full_size: bool = True) -> tuple[
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             probe = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[content_type]])
             if probe.width * probe.height > MAX_PIXELS:
-                raise ImageRejected("image_dimensions_too_large",
-                                    f"{probe.width}x{probe.height} pixels is more than {MAX_PIXELS:,} pixels.")
+                raise ImageDimensionsTooLarge(f"{probe.width}x{probe.height} pixels is more than {MAX_PIXELS:,} pixels.")
             probe.verify()  # structure and (for PNG) chunk CRCs
             image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[content_type]])
             width, height = image.size
@@ -79,26 +74,24 @@ def _decode(data: bytes, content_type: str, *, full_size: bool = True) -> tuple[
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageRejected("image_dimensions_too_large", "The image's dimensions are too large.") from None
+        raise ImageDimensionsTooLarge() from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error):
-        raise ImageRejected("invalid_file_type", "The file is not a complete, valid JPEG or PNG image.") from None
+        raise InvalidFileType() from None
     return image, width, height
 
 
 def check_image(data: bytes, *, fit: bool = False) -> CheckedImage:
     """Validate `data` as a JPEG or PNG WeChat will take; with `fit`, shrink an oversized one."""
     if not data:
-        raise ImageRejected("empty_file", "The file is empty.")
+        raise EmptyFile()
     content_type = sniff_content_type(data)
     if content_type is None:
-        raise ImageRejected("invalid_file_type", "Only JPEG and PNG images are accepted (checked by content).")
+        raise InvalidFileType("Only JPEG and PNG images are accepted (checked by content).")
     limit = MAX_FIT_INPUT_BYTES if fit else MAX_UPLOAD_BYTES
     if len(data) > limit:
-        raise ImageRejected(
-            "image_too_large",
+        raise ImageTooLarge(
             f"The image is {len(data):,} bytes; the limit is {limit:,} bytes"
-            + ("" if fit else " (send fit=true to have it recompressed)."),
-            status_code=413,
+            + ("" if fit else " (send fit=true to have it recompressed).")
         )
     fits = len(data) <= MAX_UPLOAD_BYTES
     image, width, height = _decode(data, content_type, full_size=not fits)
@@ -140,7 +133,7 @@ def fit_image(image: Image.Image, content_type: str, *, limit: int = MAX_UPLOAD_
                 return candidate, image.width, image.height
             smallest = min(smallest or len(candidate), len(candidate))
         scale *= min(0.9, math.sqrt(limit / smallest) * 0.95)
-    raise ImageRejected("image_too_large", "The image could not be made to fit in 1 MB.", status_code=413)
+    raise ImageTooLarge("The image could not be made to fit in 1 MB.")
 
 
 _MAX_FIT_ROUNDS = 12

@@ -1,22 +1,95 @@
-"""The merchant REST API's one error shape and the exception handler that produces it.
+"""The merchant REST API's one error shape, the refusal base class, and the handler that renders both.
 
-Every refused request is `{"code": "...", "detail": "..."}` with a 4xx status.
+Every refused request is `{"code": "...", "detail": "..."}` with a 4xx status (a 5xx when an outside
+service failed). A refusal is a subclass of `ApiError` with its `code` and `status` on the class, raised
+where the rule lives (a service, a serializer); API views let it propagate and `api_exception_handler`
+renders it. Callers outside the API (admin actions, commands, HTML pages) catch the same classes and
+show `detail`.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
-from rest_framework import exceptions, status
+from django.http import Http404
+from rest_framework import exceptions, serializers
 from rest_framework.response import Response
+from rest_framework.views import exception_handler, set_rollback
 
 
-class ApiError(exceptions.APIException):
-    """An API refusal with a stable code: `raise ApiError("image_too_large", "...", status=413)`."""
+class ApiError(Exception):
+    """A refusal with a stable `code` and an HTTP `status`, both set on each subclass::
 
-    def __init__(self, code: str, detail: str, *, status_code: int = status.HTTP_400_BAD_REQUEST) -> None:
-        super().__init__(detail=detail, code=code)
-        self.status_code = status_code
-        self.error_code = code
+        class ImageTooLarge(UploadRefused):
+            code = "image_too_large"
+            status = 413
+
+    `detail` is the message for the client: the one given, else `default_detail`, else the docstring.
+    """
+
+    code: ClassVar[str] = "error"
+    status: ClassVar[int] = 400
+    default_detail: ClassVar[str] = ""
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail or self.default_detail or (self.__doc__ or "").strip() or self.code
+        super().__init__(self.detail)
+
+
+class RequestTooLarge(ApiError):
+    """The request body is over what Django reads into memory."""
+
+    # The API's only large body is an upload's image, so the code is the one uploads answer with.
+    code = "image_too_large"
+    status = 413
+    default_detail = "The request body is larger than the 1 MB image limit allows."
+
+
+class TooManyFields(ApiError):
+    """Far more form fields or files than any operation takes."""
+
+    code = "too_many_fields"
+    default_detail = "The request has far more form fields or files than this API takes."
+
+
+class MalformedBody(ApiError):
+    """Django's multipart parser refused the body."""
+
+    code = "parse_error"
+    default_detail = "The request body could not be parsed."
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The shape of every refusal, for the OpenAPI document."""
+
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class RefusingSerializer(serializers.Serializer):
+    """A serializer whose field failures become typed refusals instead of DRF's generic `invalid`.
+
+    `refusals` maps (field name, DRF error code) to the refusal class, e.g.
+    `{("media", "required"): MissingMedia}`. The first failing field decides; a failure the map does not
+    name stays DRF's ValidationError (code `invalid`, with per-field `errors`). Validation methods may also
+    raise a refusal themselves.
+    """
+
+    refusals: ClassVar[dict[tuple[str, str], type[ApiError]]] = {}
+
+    def to_internal_value(self, data):
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if isinstance(exc.detail, dict) and exc.detail:
+                field, details = next(iter(exc.detail.items()))
+                code = getattr(details[0], "code", None) if isinstance(details, list) and details else None
+                refusal = self.refusals.get((field, code))
+                if refusal is not None:
+                    raise refusal() from None
+            raise
 
 
 _DEFAULT_CODES = {
@@ -33,23 +106,31 @@ _DEFAULT_CODES = {
 }
 
 
-def api_exception_handler(exc, context) -> Response | None:
-    from rest_framework.views import exception_handler
-
+def _translate(exc: Exception) -> Exception:
+    """Django's own refusals of a request, as the API's: a JSON 4xx like every other, not an HTML page."""
     if isinstance(exc, RequestDataTooBig):
-        exc = ApiError("image_too_large", "The request body is larger than the 1 MB image limit allows.",
-                       status_code=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
-    elif isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
-        exc = ApiError("too_many_fields", "The request has far more form fields or files than this API takes.")
-    elif isinstance(exc, SuspiciousOperation):
-        # Django's multipart parser refusing the body: a JSON 400 like every other refusal, not its HTML page.
-        exc = ApiError("parse_error", "The request body could not be parsed.")
+        return RequestTooLarge()
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return TooManyFields()
+    if isinstance(exc, SuspiciousOperation):
+        return MalformedBody()
+    # DRF turns these two into its own exceptions internally; do it here so they get their codes.
+    if isinstance(exc, Http404):
+        return exceptions.NotFound()
+    if isinstance(exc, DjangoPermissionDenied):
+        return exceptions.PermissionDenied()
+    return exc
+
+
+def api_exception_handler(exc, context) -> Response | None:
+    exc = _translate(exc)
+    if isinstance(exc, ApiError):
+        set_rollback()
+        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
     response = exception_handler(exc, context)
     if response is None:
         return None
-    code = getattr(exc, "error_code", None)
-    if code is None:
-        code = next((c for cls, c in _DEFAULT_CODES.items() if isinstance(exc, cls)), "error")
+    code = next((c for cls, c in _DEFAULT_CODES.items() if isinstance(exc, cls)), "error")
     if isinstance(exc, exceptions.ValidationError):
         response.data = {"code": code, "detail": "Invalid request.", "errors": response.data}
     else:

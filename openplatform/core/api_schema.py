@@ -1,6 +1,12 @@
-"""OpenAPI post-processing: every merchant operation documents the shared refusals."""
+"""OpenAPI: refusals documented from their classes, and the shared refusals added to every operation."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+
+from drf_spectacular.utils import OpenApiResponse
+
+from openplatform.core.api import ApiError, ErrorSerializer
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -22,6 +28,41 @@ _COMMON = {
     "415": "`unsupported_media_type`.",
     "429": "`throttled`: too many requests for this merchant; retry after `Retry-After` seconds.",
 }
+
+#: The rows every operation's table ends with: DRF's own refusals (status, code, when).
+_COMMON_ROWS = (
+    (400, "`invalid`", "other malformed fields (see `errors`)"),
+    (400, "`parse_error` / `too_many_fields`", "the body cannot be parsed, or has far more parts than any operation takes"),
+    (401, "`authentication_failed` / `not_authenticated`", "missing, invalid or revoked API key"),
+    (403, "`permission_denied`", "the merchant account is disabled"),
+    (429, "`throttled`", "too many requests"),
+)
+
+
+def _when(refusal: type[ApiError]) -> str:
+    """The first line of the class docstring, as a table cell."""
+    lines = (refusal.__doc__ or "").strip().splitlines()
+    when = lines[0].rstrip(".").replace("|", "\\|") if lines else ""
+    return when[:1].lower() + when[1:]
+
+
+def refusal_table(refusals: Iterable[type[ApiError]]) -> str:
+    """An operation's refusals as a markdown table, from the classes (status, code, docstring)."""
+    rows = [(r.status, f"`{r.code}`", _when(r)) for r in dict.fromkeys(refusals)]
+    lines = ['Refusals are `{"code": "...", "detail": "..."}`:', "", "| status | code | when |", "|---|---|---|"]
+    lines += [f"| {status} | {code} | {when} |" for status, code, when in [*rows, *_COMMON_ROWS]]
+    return "\n".join(lines) + "\n"
+
+
+def refusal_responses(refusals: Iterable[type[ApiError]]) -> dict[int, OpenApiResponse]:
+    """`extend_schema(responses=...)` entries for the refusals: one per status, saying when each code is."""
+    by_status: dict[int, list[str]] = {}
+    for refusal in dict.fromkeys(refusals):
+        by_status.setdefault(refusal.status, []).append(f"`{refusal.code}`: {_when(refusal)}")
+    return {
+        status: OpenApiResponse(ErrorSerializer, description="; ".join(lines) + ".")
+        for status, lines in sorted(by_status.items())
+    }
 
 
 def add_common_error_responses(result, generator, request, public):

@@ -11,7 +11,7 @@ from django.utils import timezone
 from openplatform.core.queueing import enqueue_on_commit
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.selectors import authorizer_get
-from uploads.errors import UploadRefused
+from uploads.errors import IdempotencyConflict, UnknownAuthorizer
 from uploads.images import check_image
 from uploads.models import Upload, UploadBlob
 
@@ -39,11 +39,7 @@ def _replay(*, tenant: Tenant, idempotency_key: str, fingerprint: str) -> Accept
     if existing is None:
         return None
     if existing.request_fingerprint != fingerprint:
-        raise UploadRefused(
-            "idempotency_conflict",
-            "This Idempotency-Key was already used for a different request.",
-            status_code=409,
-        )
+        raise IdempotencyConflict()
     return Accepted(existing, replayed=True)
 
 
@@ -58,7 +54,7 @@ def upload_create(
     requested_by: str = Upload.RequestedBy.API_KEY,
     admin_user=None,
 ) -> Accepted:
-    """Accept one image for one of the tenant's authorizers. Raises UploadRefused with a stable code."""
+    """Accept one image for one of the tenant's authorizers. Raises an UploadRefused subclass (uploads.errors)."""
     fingerprint = _fingerprint(authorizer_appid=authorizer_appid, data=data, fit=fit)
     if idempotency_key:
         replay = _replay(tenant=tenant, idempotency_key=idempotency_key, fingerprint=fingerprint)
@@ -66,8 +62,7 @@ def upload_create(
             return replay
     authorizer: Authorizer | None = authorizer_get(tenant=tenant, appid=authorizer_appid) if authorizer_appid else None
     if authorizer is None:
-        # Same answer whether the appid exists under another tenant or not at all.
-        raise UploadRefused("unknown_authorizer", "No authorized WeChat account with this appid belongs to you.")
+        raise UnknownAuthorizer()  # the same answer whether the appid is another tenant's or nobody's
     image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
     upload = Upload(
         tenant=tenant,

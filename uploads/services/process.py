@@ -42,6 +42,7 @@ from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_uploa
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
 from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh_after_failure
+from uploads.errors import UploadNotRetryable
 from uploads.models import Upload, UploadAttempt, UploadBlob
 
 logger = logging.getLogger(__name__)
@@ -359,11 +360,14 @@ def _flush_attempts(run: _Run) -> None:
 
 
 def upload_retry(*, upload: Upload) -> Upload:
-    """Admin action: send a failed upload again as a new attempt on the same record."""
+    """Admin action: send a failed upload again as a new attempt on the same record.
+
+    Raises UploadNotRetryable unless the upload failed and its bytes are still stored.
+    """
     if upload.status != Upload.Status.FAILED:
-        raise ValueError(f"only failed uploads can be retried (this one is {upload.status})")
+        raise UploadNotRetryable(f"only failed uploads can be retried (this one is {upload.status})")
     if not UploadBlob.objects.filter(upload_id=upload.pk).exists():
-        raise ValueError("the image bytes are no longer stored (retention); ask the merchant to upload again")
+        raise UploadNotRetryable("the image bytes are no longer stored (retention); ask the merchant to upload again")
     from openplatform.core.queueing import enqueue_on_commit
     from uploads.tasks import upload_image
 
