@@ -6,6 +6,7 @@ no default: with DEBUG off, a missing SECRET_KEY or FIELD_ENCRYPTION_KEYS stops 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -44,7 +45,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["*"] if DEBUG else ["localhos
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "openplatform.ops.admin_apps.OperatorAdminConfig",  # django.contrib.admin with 2FA (ADMIN_REQUIRE_2FA)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -54,6 +55,9 @@ INSTALLED_APPS = [
     "rest_framework_api_key",
     "drf_spectacular",
     "django_celery_beat",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "axes",
     "openplatform.component.apps.ComponentConfig",
     "openplatform.ops.apps.OpsConfig",
     "tenants.apps.TenantsConfig",
@@ -66,8 +70,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "openplatform.ops.admin_site.AdminNetworkMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
 
 ROOT_URLCONF = "openplatform.urls"
@@ -149,6 +156,33 @@ if not DEBUG:
         SILENCED_SYSTEM_CHECKS.append("security.W008")
     if not SECURE_HSTS_PRELOAD:
         SILENCED_SYSTEM_CHECKS.append("security.W021")
+
+# --- Admin console (docs/operations.md) ---
+#: Where the admin lives; another path keeps it out of scanners' way (it is not a secret).
+ADMIN_URL = env.str("ADMIN_URL", default="admin/").strip("/") + "/"
+#: Staff sign in with a TOTP code too (django-otp; `manage.py admin_2fa_enroll <username>`). Off under
+#: DEBUG so `make run` keeps its one-step local login.
+ADMIN_REQUIRE_2FA = env.bool("ADMIN_REQUIRE_2FA", default=not DEBUG)
+#: Comma-separated CIDRs allowed to reach the admin at all (others get a 404); empty: anyone.
+ADMIN_ALLOWED_NETWORKS = env.list("ADMIN_ALLOWED_NETWORKS", default=[])
+#: Proxies in front of the app whose X-Forwarded-For is trusted for the client's address (throttles,
+#: the admin allow-list, the login lockout); 0: REMOTE_ADDR.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses locked-out logins before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Password guessing: after ADMIN_LOGIN_FAILURE_LIMIT failures for one username from one address, that
+# pair is locked out for ADMIN_LOGIN_LOCKOUT_MINUTES; a success resets the count. Per pair, so an
+# attacker cannot lock an operator out from elsewhere.
+AXES_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("ADMIN_LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_PROXY_COUNT = TRUSTED_PROXY_COUNT or None
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"] if TRUSTED_PROXY_COUNT else ["REMOTE_ADDR"]
+AXES_VERBOSE = False
+OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="WeChat Open Platform")
 
 # --- Request size limits ---
 # An upload is at most 1 MiB; the multipart envelope adds a little. Larger bodies are refused early.
@@ -288,6 +322,8 @@ REST_FRAMEWORK.update(
         "DEFAULT_THROTTLE_CLASSES": ["tenants.auth.TenantRateThrottle"],
         "DEFAULT_THROTTLE_RATES": {"tenant": env.str("API_THROTTLE_RATE", default="1200/min")},
         "EXCEPTION_HANDLER": "openplatform.core.api.api_exception_handler",
+        # 0: REMOTE_ADDR; DRF's default (None) would trust a client-sent X-Forwarded-For.
+        "NUM_PROXIES": TRUSTED_PROXY_COUNT,
         "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
         "DEFAULT_PARSER_CLASSES": [
             "rest_framework.parsers.JSONParser",

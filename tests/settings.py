@@ -26,3 +26,6 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":  # noqa: F405
     )
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Admin tests sign in with force_login; two-factor sign-in has its own tests (test_admin_security.py).
+ADMIN_REQUIRE_2FA = False

@@ -128,7 +128,7 @@ class Command(BaseCommand):
         media = shlex.quote(f"media=@{Path(SAMPLE_FILE).resolve()}")
         self.stdout.write(f"""
 ================================ demo ready ================================
-Admin console:   {web}/admin/   user: admin   password: {password}
+Admin console:   {web}/{settings.ADMIN_URL}   user: admin   password: {password}
 API docs:        {web}/api/docs/
 Demo API key:    {api_key}
 Demo account:    {appid} (an Official Account authorized through the simulator)
