@@ -14,6 +14,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from openplatform.wechat.crypto import WXBizMsgCrypt, parse_xml_fields
+from openplatform.wechat.links import mobile_authorization_url, pc_authorization_url
 from openplatform.wechat.simulator import SimulatorControlError
 
 COMPONENT_APPID = "wxsimcomponent0001"
@@ -320,12 +321,22 @@ def test_reauthorization_on_the_page_sends_updateauthorized(sim, receiver):
     assert sim.authorizer(account["appid"])["func_info"] == [1, 11]
 
 
-def test_expired_auth_code_is_invalid(sim):
+def test_expired_auth_code_answers_61010_and_a_used_or_unknown_one_61009(sim):
+    # Given two codes, one of them exchanged
     ctoken = component_token(sim)
     granted = sim.authorize(COMPONENT_APPID)
+    used = sim.authorize(COMPONENT_APPID)
+    assert "authorization_info" in query_auth(sim, ctoken, used["auth_code"])
+
+    # When both outlive their hour
     sim.advance_clock(3601)
     ctoken = component_token(sim)
-    assert query_auth(sim, ctoken, granted["auth_code"])["errcode"] == 61009
+
+    # Then the unused one is "expired" and the used one still "invalid", as is an unknown code
+    expired = query_auth(sim, ctoken, granted["auth_code"])
+    assert expired["errcode"] == 61010 and expired["errmsg"].startswith("code is expired")
+    assert query_auth(sim, ctoken, used["auth_code"])["errcode"] == 61009
+    assert query_auth(sim, ctoken, "queryauthcode@@@never-issued")["errcode"] == 61009
 
 
 # -- component token ----------------------------------------------------------------------------------------
@@ -443,8 +454,56 @@ def test_uploadimg_needs_an_upload_permission_set(sim):
     ctoken = component_token(sim)
     without = onboard(sim, ctoken, func_info=[2, 7])
     mini_program = onboard(sim, ctoken, func_info=[18], account_type="mini_program")
-    assert upload(sim, without["access_token"])["errcode"] == 48001
+    # The account has not granted any of the sets to the platform: 61007, not 48001 (troubleshooting guide).
+    refused = upload(sim, without["access_token"])
+    assert refused["errcode"] == 61007 and refused["errmsg"].startswith("api is unauthorized to component")
     assert upload(sim, mini_program["access_token"])["errcode"] == 0
+
+
+def test_a_set_the_platform_does_not_hold_is_never_granted_and_uploads_answer_61007(sim):
+    ctoken = component_token(sim)
+    before = onboard(sim, ctoken, func_info=[11])
+    # Given the platform does not hold sets 1 and 11 on the Open Platform console
+    assert sim.withhold_permission_sets(COMPONENT_APPID, [1, 11]) == [1, 11]
+
+    # When a merchant authorizes with them ticked
+    account = onboard(sim, ctoken, func_info=[1, 11, 2])
+
+    # Then the authorization carries neither, and uploads answer 61007, also for the earlier authorization
+    assert sim.authorizer(account["appid"])["func_info"] == [2]
+    assert upload(sim, account["access_token"])["errcode"] == 61007
+    assert upload(sim, before["access_token"])["errcode"] == 61007
+    # And once the platform holds them again, the earlier authorization uploads
+    assert sim.withhold_permission_sets(COMPONENT_APPID, []) == []
+    assert upload(sim, before["access_token"])["errcode"] == 0
+
+
+def test_an_account_that_itself_lacks_the_api_answers_48001(sim):
+    account = onboard(sim, component_token(sim), func_info=[1, 11])
+    sim.register_direct_account("wxdirect000000001", "direct-secret", [11])
+    direct = api(
+        sim,
+        "/cgi-bin/stable_token",
+        {"grant_type": "client_credential", "appid": "wxdirect000000001", "secret": "direct-secret"},
+    )["access_token"]
+
+    # Given both accounts lack uploadimg themselves (e.g. not verified), whatever they granted
+    sim.set_account_lacks_api(account["appid"])
+    sim.set_account_lacks_api("wxdirect000000001", path=UPLOADIMG)
+
+    # Then uploads answer 48001 "api unauthorized"
+    refused = upload(sim, account["access_token"])
+    assert refused["errcode"] == 48001 and refused["errmsg"].startswith("api unauthorized")
+    assert upload(sim, direct)["errcode"] == 48001
+    # And the account's own lack wins over a missing set: no re-authorization would fix it
+    sim.withhold_permission_sets(COMPONENT_APPID, [1, 11])
+    assert upload(sim, account["access_token"])["errcode"] == 48001
+    sim.withhold_permission_sets(COMPONENT_APPID, [])
+    sim.set_account_lacks_api(account["appid"], lacks=False)
+    assert upload(sim, account["access_token"])["errcode"] == 0
+    with pytest.raises(SimulatorControlError) as unknown:
+        sim.set_account_lacks_api("wxnobody")
+    assert unknown.value.status_code == 404
 
 
 def test_uploadimg_token_errors(sim):
@@ -733,6 +792,178 @@ def test_stable_token_for_a_direct_account(sim):
     assert api(sim, "/cgi-bin/stable_token", {**body, "appid": "wxunknown"})["errcode"] == 40013
 
 
+DIRECT_APPID = "wxdirect000000001"
+STABLE_BODY = {"grant_type": "client_credential", "appid": DIRECT_APPID, "secret": "direct-secret"}
+
+
+def stable(simulator, *, force: bool = False) -> dict:
+    return api(simulator, "/cgi-bin/stable_token", {**STABLE_BODY, "force_refresh": force})
+
+
+def test_stable_token_normal_call_renews_only_in_the_last_5_minutes_and_the_old_one_keeps_working(sim):
+    sim.register_direct_account(DIRECT_APPID, "direct-secret", [11])
+    first = stable(sim)
+
+    # Until its last 5 minutes, a normal call answers the same token with its remaining time
+    sim.advance_clock(7200 - 302)
+    same = stable(sim)
+    assert same["access_token"] == first["access_token"] and 300 <= same["expires_in"] <= 302
+
+    # In its last 5 minutes a normal call renews it
+    sim.advance_clock(4)
+    renewed = stable(sim)
+    assert renewed["access_token"] != first["access_token"] and renewed["expires_in"] == 7200
+    assert stable(sim)["access_token"] == renewed["access_token"]
+    # And the old token keeps working for the rest of its life, not a moment longer
+    assert upload(sim, first["access_token"])["errcode"] == 0
+    sim.advance_clock(300)
+    assert upload(sim, first["access_token"])["errcode"] == 42001
+    assert upload(sim, renewed["access_token"])["errcode"] == 0
+
+
+def test_forced_stable_token_invalidates_the_old_one_at_once(sim):
+    sim.register_direct_account(DIRECT_APPID, "direct-secret", [11])
+    first = stable(sim)
+
+    forced = stable(sim, force=True)
+
+    assert forced["access_token"] != first["access_token"] and forced["expires_in"] == 7200
+    assert upload(sim, first["access_token"])["errcode"] == 40001  # for everyone who shared it
+    assert upload(sim, forced["access_token"])["errcode"] == 0
+    # A normal call now answers the forced token: that is how another holder recovers
+    assert stable(sim)["access_token"] == forced["access_token"]
+
+
+def test_forced_refreshes_are_30_s_apart_and_20_a_day(sim):
+    sim.register_direct_account(DIRECT_APPID, "direct-secret", [11])
+    # Start just after a Beijing midnight so the whole day's budget is in front of us
+    now = sim.advance_clock(0)["now"]
+    sim.advance_clock(86400 - (now + 8 * 3600) % 86400 + 60)
+
+    first = stable(sim, force=True)["access_token"]
+    # A forced call less than 30 s after the last one does not refresh (and does not count)
+    sim.advance_clock(29)
+    assert stable(sim, force=True)["access_token"] == first
+    tokens = {first}
+    for _ in range(19):
+        sim.advance_clock(30)
+        tokens.add(stable(sim, force=True)["access_token"])
+    assert len(tokens) == 20
+
+    # The 21st forced refresh of the day is refused; normal calls still answer the current token
+    sim.advance_clock(30)
+    refused = stable(sim, force=True)
+    assert refused["errcode"] == 45009
+    assert stable(sim)["access_token"] in tokens
+    # The next day forcing works again
+    sim.advance_clock(86400)
+    assert stable(sim, force=True)["access_token"] not in tokens
+
+
+# -- authorization links on the simulator's own host ----------------------------------------------------------
+
+
+def _pre_auth_code(simulator) -> str:
+    ctoken = component_token(simulator)
+    return component_call(simulator, ctoken, "/cgi-bin/component/api_create_preauthcode")["pre_auth_code"]
+
+
+def test_mobile_link_opens_on_the_simulator_and_grants_only_the_sets_in_category_id_list(sim, receiver):
+    # Given a mobile link built by our builder, asking only for set 11
+    url = mobile_authorization_url(
+        open_base=sim.url,
+        component_appid=COMPONENT_APPID,
+        pre_auth_code=_pre_auth_code(sim),
+        redirect_uri="http://merchant.example/back/?state=signed",
+        auth_type=1,
+        category_id_list=[11],
+    )
+    assert urlsplit(url).path == "/wxaopen/safe/bindcomponent"
+
+    # When the administrator opens it: only set 11 is offered, ticked
+    page = requests.get(url, timeout=5)
+    assert page.status_code == 200
+    assert "name='func' value='11' checked" in page.text and "value='1'" not in page.text
+
+    # And confirms, even with set 1 forced into the form
+    confirm = requests.post(
+        url, data={"appid": "wxmobile00000001", "func": ["1", "11"]}, allow_redirects=False, timeout=5
+    )
+
+    # Then only set 11 is granted
+    assert confirm.status_code == 302
+    back = parse_qs(urlsplit(confirm.headers["Location"]).query)
+    assert back["state"] == ["signed"]
+    info = query_auth(sim, component_token(sim), back["auth_code"][0])["authorization_info"]
+    assert info["func_info"] == [{"funcscope_category": {"id": 11}}]
+    assert receiver.wait_for("authorized")["AuthorizerAppid"] == "wxmobile00000001"
+
+
+def test_pc_link_honours_category_id_list_too(sim):
+    url = pc_authorization_url(
+        mp_base=sim.url,
+        component_appid=COMPONENT_APPID,
+        pre_auth_code=_pre_auth_code(sim),
+        redirect_uri="http://merchant.example/back/",
+        category_id_list=[18, 11],
+    )
+    page = requests.get(url, timeout=5)
+    assert "value='11' checked" in page.text and "value='18' checked" in page.text
+    assert "value='2'" not in page.text
+
+    confirm = requests.post(
+        url, data={"appid": "wxpc0000000001", "func": ["2", "11"]}, allow_redirects=False, timeout=5
+    )
+
+    assert confirm.status_code == 302
+    assert sim.authorizer("wxpc0000000001")["func_info"] == [11]
+
+
+def test_mobile_page_needs_action_and_no_scan_and_a_well_formed_category_id_list(sim):
+    params = {
+        "component_appid": COMPONENT_APPID,
+        "pre_auth_code": _pre_auth_code(sim),
+        "redirect_uri": "http://x.example/cb",
+    }
+    mobile = sim.url + "/wxaopen/safe/bindcomponent"
+    good = {"action": "bindcomponent", "no_scan": "1", **params}
+
+    assert requests.get(mobile, params=good, timeout=5).status_code == 200
+    assert requests.get(mobile, params=params, timeout=5).status_code == 400
+    assert requests.get(mobile, params={**good, "no_scan": "0"}, timeout=5).status_code == 400
+    bad_list = requests.get(mobile, params={**good, "category_id_list": "11,18"}, timeout=5)
+    assert bad_list.status_code == 400 and "category_id_list" in bad_list.text
+
+
+def test_the_page_never_offers_a_set_the_platform_does_not_hold(sim):
+    sim.withhold_permission_sets(COMPONENT_APPID, [11])
+    url = pc_authorization_url(
+        mp_base=sim.url,
+        component_appid=COMPONENT_APPID,
+        pre_auth_code=_pre_auth_code(sim),
+        redirect_uri="http://x.example/cb",
+    )
+
+    page = requests.get(url, timeout=5)
+    assert "value='1' checked" in page.text and "value='11'" not in page.text
+    confirm = requests.post(
+        url, data={"appid": "wxheld000000001", "func": ["1", "11"]}, allow_redirects=False, timeout=5
+    )
+
+    assert confirm.status_code == 302
+    assert sim.authorizer("wxheld000000001")["func_info"] == [1]
+    # A link asking only for a set the platform does not hold has nothing to offer
+    only_11 = pc_authorization_url(
+        mp_base=sim.url,
+        component_appid=COMPONENT_APPID,
+        pre_auth_code=_pre_auth_code(sim),
+        redirect_uri="http://x.example/cb",
+        category_id_list=[11],
+    )
+    refused = requests.get(only_11, timeout=5)
+    assert refused.status_code == 400 and "none of the requested permission sets" in refused.text
+
+
 # -- control API --------------------------------------------------------------------------------------------
 
 
@@ -764,3 +995,182 @@ def test_reset_forgets_everything(sim):
         )["errcode"]
         == 61011
     )
+
+
+# -- messages on behalf of authorizers, the full-network release check ----------------------------------------
+
+
+class MessageEndpoint:
+    """A per-authorizer message URL answering WeChat's release check; ``mode`` breaks it on purpose:
+    "plaintext" replies unencrypted, "wrong_content" replies the wrong text, "no_api" never sends the
+    customer-service message."""
+
+    def __init__(self, simulator, mode: str = "correct") -> None:
+        self.simulator = simulator
+        self.mode = mode
+        self.crypto = WXBizMsgCrypt(TOKEN, AES_KEY, COMPONENT_APPID)
+        self.received: list[tuple[str, dict[str, str], dict[str, str]]] = []
+        self.workers: list[threading.Thread] = []
+        self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.port}/authorizers/$APPID$/events/"
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def _app(self, environ, start_response):
+        request = Request(environ)
+        args = request.args
+        fields = parse_xml_fields(
+            self.crypto.decrypt_message(
+                request.get_data(),
+                msg_signature=args["msg_signature"],
+                timestamp=args["timestamp"],
+                nonce=args["nonce"],
+            )
+        )
+        self.received.append((request.path, args.to_dict(), fields))
+        content = fields.get("Content", "")
+        if content == "TESTCOMPONENT_MSG_TYPE_TEXT":
+            text = "hello" if self.mode == "wrong_content" else "TESTCOMPONENT_MSG_TYPE_TEXT_callback"
+            reply = (
+                f"<xml><ToUserName><![CDATA[{fields['FromUserName']}]]></ToUserName>"
+                f"<FromUserName><![CDATA[{fields['ToUserName']}]]></FromUserName>"
+                f"<CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[text]]></MsgType>"
+                f"<Content><![CDATA[{text}]]></Content></xml>"
+            )
+            if self.mode != "plaintext":
+                reply = self.crypto.encrypt_message(reply, timestamp=args["timestamp"], nonce=args["nonce"])
+            return Response(reply, content_type="text/xml")(environ, start_response)
+        if content.startswith("QUERY_AUTH_CODE:") and self.mode != "no_api":
+            code = content.removeprefix("QUERY_AUTH_CODE:")
+            worker = threading.Thread(target=self._answer_by_api, args=(code, fields["FromUserName"]))
+            worker.start()
+            self.workers.append(worker)
+        return Response("", content_type="text/plain")(environ, start_response)
+
+    def _answer_by_api(self, code: str, openid: str) -> None:
+        info = query_auth(self.simulator, component_token(self.simulator), code)["authorization_info"]
+        api(
+            self.simulator,
+            "/cgi-bin/message/custom/send",
+            {"touser": openid, "msgtype": "text", "text": {"content": code + "_from_api"}},
+            access_token=info["authorizer_access_token"],
+        )
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.join(timeout=5)
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def endpoint_factory(sim):
+    made = []
+
+    def make(mode: str = "correct") -> MessageEndpoint:
+        made.append(MessageEndpoint(sim, mode))
+        return made[-1]
+
+    yield make
+    for endpoint in made:
+        endpoint.stop()
+
+
+def test_release_check_passes_against_a_correct_message_endpoint(sim, endpoint_factory, receiver):
+    endpoint = endpoint_factory()
+
+    report = sim.run_release_test(COMPONENT_APPID, url=endpoint.url)
+
+    assert report["passed"] is True, report
+    assert [s["name"] for s in report["steps"]] == [
+        "component_verify_ticket",
+        "authorized_event",
+        "text_reply",
+        "api_reply",
+    ]
+    # The dedicated test account was authorized, its code pushed in an authorized event
+    assert (report["authorizer_appid"], report["user_name"]) == ("wx570bc396a51b8ff8", "gh_3c884a361561")
+    event = receiver.wait_for("authorized")
+    assert event["AuthorizerAppid"] == "wx570bc396a51b8ff8"
+    assert event["AuthorizationCode"] == report["query_auth_code"]
+    # Both messages went, encrypted, to that account's message URL, from the same fan
+    paths = {path for path, _args, _fields in endpoint.received}
+    assert paths == {"/authorizers/wx570bc396a51b8ff8/events/"}
+    contents = [fields["Content"] for _path, _args, fields in endpoint.received]
+    assert contents == ["TESTCOMPONENT_MSG_TYPE_TEXT", "QUERY_AUTH_CODE:" + report["query_auth_code"]]
+    for _path, args, fields in endpoint.received:
+        assert args["encrypt_type"] == "aes" and args["openid"] == report["openid"]
+        assert fields["ToUserName"] == "gh_3c884a361561" and fields["FromUserName"] == report["openid"]
+    (sent,) = sim.custom_messages()
+    assert sent["appid"] == "wx570bc396a51b8ff8" and sent["touser"] == report["openid"]
+    assert sent["content"] == report["query_auth_code"] + "_from_api"
+
+
+@pytest.mark.parametrize(
+    ("mode", "failed_step", "why"),
+    [
+        ("plaintext", "text_reply", "InvalidXml"),
+        ("wrong_content", "text_reply", "reply fields differ"),
+        ("no_api", "api_reply", "no message/custom/send"),
+    ],
+)
+def test_release_check_reports_what_a_broken_endpoint_gets_wrong(sim, endpoint_factory, mode, failed_step, why):
+    endpoint = endpoint_factory(mode)
+
+    report = sim.run_release_test(COMPONENT_APPID, url=endpoint.url, wait=0.3)
+
+    assert report["passed"] is False
+    failed = [s for s in report["steps"] if not s["passed"]]
+    assert [s["name"] for s in failed] == [failed_step]
+    assert why in failed[0]["detail"]
+
+
+def test_release_check_of_a_mini_program_has_only_the_api_step(sim, endpoint_factory):
+    endpoint = endpoint_factory()
+
+    report = sim.run_release_test(COMPONENT_APPID, account_type="mini_program", url=endpoint.url)
+
+    assert report["passed"] is True, report
+    assert report["authorizer_appid"] == "wxd101a85aa106f53e"
+    assert [s["name"] for s in report["steps"]][2:] == ["api_reply"]
+
+
+def test_release_check_skips_the_message_steps_without_the_message_permission_set(sim, endpoint_factory):
+    endpoint = endpoint_factory()
+    sim.withhold_permission_sets(COMPONENT_APPID, [1])
+
+    report = sim.run_release_test(COMPONENT_APPID, url=endpoint.url)
+
+    assert report["message_steps_apply"] is False and report["passed"] is True
+    assert [s["name"] for s in report["steps"]] == ["component_verify_ticket", "authorized_event"]
+    assert endpoint.received == []
+
+
+def test_send_message_uses_the_registered_message_url_and_decrypts_the_reply(simulator, endpoint_factory, receiver):
+    endpoint = endpoint_factory()
+    simulator.register_component(
+        COMPONENT_APPID, COMPONENT_SECRET, TOKEN, AES_KEY, events_url=receiver.url, messages_url=endpoint.url
+    )
+    account = simulator.authorize(COMPONENT_APPID, func_info=[1, 11])
+
+    result = simulator.send_message(account["authorizer_appid"], "TESTCOMPONENT_MSG_TYPE_TEXT", from_user="ofan1")
+
+    assert result["url"] == endpoint.url.replace("$APPID$", account["authorizer_appid"])
+    assert result["status_code"] == 200 and result["reply_error"] is None
+    assert result["reply"]["Content"] == "TESTCOMPONENT_MSG_TYPE_TEXT_callback"
+    assert result["reply"]["ToUserName"] == "ofan1"
+    assert simulator.messages()[-1]["url"] == result["url"]
+    with pytest.raises(SimulatorControlError):
+        simulator.run_release_test(COMPONENT_APPID, account_type="service_account")
+
+
+def test_custom_send_checks_the_token_and_the_message(sim):
+    token = onboard(sim, component_token(sim))["access_token"]
+    path = "/cgi-bin/message/custom/send"
+    text = {"touser": "ofan", "msgtype": "text", "text": {"content": "hi"}}
+
+    assert api(sim, path, text, access_token="nope")["errcode"] == 40001
+    assert api(sim, path, {**text, "touser": ""}, access_token=token)["errcode"] == 40003
+    assert api(sim, path, {**text, "text": {"content": 5}}, access_token=token)["errcode"] == 47001
+    assert api(sim, path, {**text, "msgtype": "image"}, access_token=token)["errcode"] == 47001
+    assert api(sim, path, text, access_token=token) == {"errcode": 0, "errmsg": "ok"}
+    assert [m["content"] for m in sim.custom_messages()] == ["hi"]

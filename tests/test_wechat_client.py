@@ -36,12 +36,15 @@ from openplatform.wechat.client import (
     sniff_image,
 )
 from openplatform.wechat.errors import (
+    AccountLacksApi,
+    AuthCodeExpired,
     AuthCodeInvalid,
     ConfigurationError,
     InvalidPayload,
     NetworkError,
     NotAuthorized,
     PermissionDenied,
+    PermissionSetNotGranted,
     QuotaExceeded,
     RateLimited,
     RefreshTokenInvalid,
@@ -398,14 +401,78 @@ def test_reused_authorization_code_raises_auth_code_invalid(registered, wechat, 
     assert caught.value.errcode == 61009
 
 
-def test_upload_without_an_upload_permission_set_raises_permission_denied(registered, wechat, authorize):
+def test_expired_authorization_code_raises_auth_code_expired_a_kind_of_auth_code_invalid(
+    registered, wechat
+):
+    grant = registered.authorize(COMPONENT_APPID)
+    registered.advance_clock(3601)
+    ticket = registered.issue_ticket(COMPONENT_APPID)
+    ctoken = wechat.component_token(
+        component_appid=COMPONENT_APPID, component_appsecret=COMPONENT_SECRET, verify_ticket=ticket
+    ).access_token
+
+    with pytest.raises(AuthCodeInvalid) as caught:
+        wechat.query_auth(
+            component_access_token=ctoken, component_appid=COMPONENT_APPID, authorization_code=grant["auth_code"]
+        )
+
+    assert type(caught.value) is AuthCodeExpired
+    assert caught.value.errcode == 61010 and caught.value.retryable is False
+    assert count(registered, "/cgi-bin/component/api_query_auth") == 1
+
+
+def test_upload_without_an_upload_permission_set_raises_permission_set_not_granted(registered, wechat, authorize):
     _grant, auth = authorize(func_info=[2, 7])
 
     with pytest.raises(PermissionDenied) as caught:
         wechat.upload_image(access_token=auth.authorizer_access_token, data=image_bytes())
 
+    assert type(caught.value) is PermissionSetNotGranted
+    assert caught.value.errcode == 61007
+    assert count(registered, UPLOADIMG) == 1
+
+
+def test_upload_by_an_account_lacking_the_api_raises_account_lacks_api(registered, wechat, authorize):
+    grant, auth = authorize(func_info=[1, 11])
+    registered.set_account_lacks_api(grant["authorizer_appid"], path=UPLOADIMG)
+
+    with pytest.raises(PermissionDenied) as caught:
+        wechat.upload_image(access_token=auth.authorizer_access_token, data=image_bytes())
+
+    assert type(caught.value) is AccountLacksApi
     assert caught.value.errcode == 48001
     assert count(registered, UPLOADIMG) == 1
+
+
+def test_a_normal_stable_token_call_recovers_from_someone_elses_forced_refresh(registered, wechat):
+    registered.register_direct_account(DIRECT_APPID, DIRECT_SECRET, [11])
+    ours = wechat.stable_token(appid=DIRECT_APPID, secret=DIRECT_SECRET)
+    # The merchant's own server forces a new token: ours dies at once
+    theirs = wechat.stable_token(appid=DIRECT_APPID, secret=DIRECT_SECRET, force_refresh=True)
+    with pytest.raises(TokenInvalid):
+        wechat.upload_image(access_token=ours.access_token, data=image_bytes())
+
+    # A normal call answers the current token, without forcing (and killing) anyone else's
+    recovered = wechat.stable_token(appid=DIRECT_APPID, secret=DIRECT_SECRET)
+
+    assert recovered.access_token == theirs.access_token
+    assert wechat.upload_image(access_token=recovered.access_token, data=image_bytes()).url
+    assert [c["json"]["force_refresh"] for c in registered.calls("/cgi-bin/stable_token")] == [False, True, False]
+
+
+def test_forced_stable_token_beyond_the_daily_limit_raises_quota_exceeded(registered, wechat):
+    registered.register_direct_account(DIRECT_APPID, DIRECT_SECRET, [11])
+    registered.configure(stable_force_daily_limit=1)
+    now = registered.advance_clock(0)["now"]
+    registered.advance_clock(86400 - (now + 8 * 3600) % 86400 + 60)  # just after a Beijing midnight
+    wechat.stable_token(appid=DIRECT_APPID, secret=DIRECT_SECRET, force_refresh=True)
+    registered.advance_clock(31)
+
+    with pytest.raises(QuotaExceeded) as caught:
+        wechat.stable_token(appid=DIRECT_APPID, secret=DIRECT_SECRET, force_refresh=True)
+
+    assert caught.value.errcode == 45009
+    assert count(registered, "/cgi-bin/stable_token") == 2  # never retried
 
 
 def test_image_over_1mb_raises_invalid_payload_40009(registered, wechat, authorizer_token):

@@ -6,7 +6,9 @@ import pytest
 
 from openplatform.wechat import errors
 from openplatform.wechat.errors import (
+    AccountLacksApi,
     AdminConfirmationRequired,
+    AuthCodeExpired,
     AuthCodeInvalid,
     ClearQuotaExhausted,
     ConfigurationError,
@@ -15,6 +17,7 @@ from openplatform.wechat.errors import (
     NetworkError,
     NotAuthorized,
     PermissionDenied,
+    PermissionSetNotGranted,
     QuotaExceeded,
     RateLimited,
     RefreshTokenInvalid,
@@ -25,6 +28,7 @@ from openplatform.wechat.errors import (
     error_class_for,
     error_for,
 )
+from openplatform.wechat.permissions import uploadimg_hint
 
 EXPECTED_CLASS_BY_ERRCODE: dict[int, type[WeChatError]] = {
     -1: TransientError,
@@ -38,8 +42,8 @@ EXPECTED_CLASS_BY_ERRCODE: dict[int, type[WeChatError]] = {
     61006: TicketInvalid,
     45009: QuotaExceeded,
     48006: ClearQuotaExhausted,
-    48001: PermissionDenied,
-    61007: PermissionDenied,
+    48001: AccountLacksApi,
+    61007: PermissionSetNotGranted,
     48004: PermissionDenied,
     50001: PermissionDenied,
     50002: PermissionDenied,
@@ -49,6 +53,7 @@ EXPECTED_CLASS_BY_ERRCODE: dict[int, type[WeChatError]] = {
     44001: InvalidPayload,
     45001: InvalidPayload,
     61009: AuthCodeInvalid,
+    61010: AuthCodeExpired,
     89503: AdminConfirmationRequired,
     89506: AdminConfirmationRequired,
     89507: AdminConfirmationRequired,
@@ -111,8 +116,11 @@ def test_unknown_errcode_maps_to_base_wechat_error(errcode):
         (QuotaExceeded, False),
         (ClearQuotaExhausted, False),
         (PermissionDenied, False),
+        (AccountLacksApi, False),
+        (PermissionSetNotGranted, False),
         (InvalidPayload, False),
         (AuthCodeInvalid, False),
+        (AuthCodeExpired, False),
         (AdminConfirmationRequired, False),
         (ConfigurationError, False),
     ],
@@ -155,3 +163,46 @@ def test_missing_ticket_has_default_message_and_no_errcode():
 
 def test_every_mapped_errcode_has_a_human_meaning():
     assert _every_mapped_errcode() <= set(errors.ERRCODE_MEANINGS)
+
+
+# -- dead authorization codes, and whose side lacks a permission --------------------------------------------
+
+
+def test_an_expired_code_is_caught_as_a_dead_code():
+    expired, unknown = error_for(61010, "code is expired"), error_for(61009, "code is invalid")
+
+    assert type(expired) is AuthCodeExpired and type(unknown) is AuthCodeInvalid
+    # One except clause treats both as final: the code can never be exchanged again.
+    for error in (expired, unknown):
+        with pytest.raises(AuthCodeInvalid):
+            raise error
+    assert "expired" in errors.ERRCODE_MEANINGS[61010]
+
+
+def test_61007_and_48001_are_told_apart_but_caught_as_permission_denied():
+    not_granted, lacking = error_for(61007), error_for(48001)
+
+    assert type(not_granted) is PermissionSetNotGranted and type(lacking) is AccountLacksApi
+    assert isinstance(not_granted, PermissionDenied) and isinstance(lacking, PermissionDenied)
+    assert not isinstance(not_granted, AccountLacksApi) and not isinstance(lacking, PermissionSetNotGranted)
+    assert "has not granted this API's permission set" in errors.ERRCODE_MEANINGS[61007]
+    assert "account itself" in errors.ERRCODE_MEANINGS[48001]
+
+
+@pytest.mark.parametrize(("is_mini_program", "set_id"), [(False, 11), (True, 18)])
+def test_uploadimg_hint_tells_the_operator_what_to_do_for_each_code(is_mini_program, set_id):
+    not_granted = uploadimg_hint(is_mini_program=is_mini_program, errcode=61007)
+    lacking = uploadimg_hint(is_mini_program=is_mini_program, errcode=48001)
+    default = uploadimg_hint(is_mini_program=is_mini_program)
+
+    # 61007: hold the set on the console, then a re-authorization that asks for it
+    assert f"permission set {set_id}" in not_granted
+    assert "Open Platform console" in not_granted and f"category_id_list={set_id}" in not_granted
+    # 48001: the account itself; re-authorizing does not help
+    assert "account itself lacks" in lacking and "re-authorizing does not help" in lacking
+    # without an errcode the hint is what it always was
+    assert default == f"the merchant must grant permission set {set_id} " + (
+        "(Development and data analysis) to this platform"
+        if is_mini_program
+        else "(Material management, 素材管理) to this platform"
+    )

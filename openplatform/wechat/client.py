@@ -307,7 +307,30 @@ class WeChatClient:
             parse=parse_nothing,
         )
 
+    def custom_send_text(self, *, access_token: str, touser: str, content: str, appid: str | None = None) -> None:
+        """message/custom/send: a customer-service text to a fan (``touser`` is the fan's openid).
+
+        Used by the release check's API step (release_check.py). ``appid`` is only used in the log line.
+        """
+        self._call(
+            "/cgi-bin/message/custom/send",
+            query={"access_token": access_token},
+            body={"touser": touser, "msgtype": "text", "text": {"content": content}},
+            parse=parse_nothing,
+            log_appid=appid,
+        )
+
     def stable_token(self, *, appid: str, secret: str, force_refresh: bool = False) -> AccessToken:
+        """An account's own token from its AppID/AppSecret (direct mode), getStableAccessToken.
+
+        A normal call (the default) returns the current token and WeChat renews it only in its last
+        5 minutes, the old one staying valid meanwhile: it is also how to recover from a token error.
+        ``force_refresh=True`` invalidates the current token at once for everyone who shares it (the
+        merchant's own servers too); WeChat allows 20 a day, 30 s apart (a closer one returns the current
+        token unchanged). Use it only for a leaked token, on an operator's explicit request. Errors: 45009
+        -> QuotaExceeded (also the simulator's answer beyond 20 forced calls; WeChat's code for that is
+        undocumented), 40013/40125/40164/41004 -> ConfigurationError (docs/wechat-notes.md, item 2).
+        """
         return self._call(
             "/cgi-bin/stable_token",
             body={

@@ -101,9 +101,32 @@ class ClearQuotaExhausted(WeChatError):
 
 
 class PermissionDenied(WeChatError):
-    """The account lacks the permission set or capability (48001, 61007, 48004, 50001, 50002)."""
+    """The call is not allowed for this account; catch this for every kind (48001, 61007, 48004, ...).
 
-    errcodes = frozenset({48001, 61007, 48004, 50001, 50002})
+    The subclasses say whose side lacks what, because the operator's remedy differs (see
+    ``permissions.uploadimg_hint``).
+    """
+
+    errcodes = frozenset({48004, 50001, 50002})
+
+
+class AccountLacksApi(PermissionDenied):
+    """48001 "api unauthorized": the account itself lacks this API (unverified account, wrong account
+    type, or a token of the wrong kind). Re-authorizing does not help.
+
+    https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/troubleshooting/third_party_authority_instructions_troubleshooting.html
+    """
+
+    errcodes = frozenset({48001})
+
+
+class PermissionSetNotGranted(PermissionDenied):
+    """61007 "api is unauthorized to component": the account has not granted this API's permission set
+    to our platform (the merchant left it unticked, or the platform does not hold the set on the Open
+    Platform console, so it was never offered). Fixed by holding the set and re-authorizing.
+    """
+
+    errcodes = frozenset({61007})
 
 
 class InvalidPayload(WeChatError):
@@ -113,9 +136,19 @@ class InvalidPayload(WeChatError):
 
 
 class AuthCodeInvalid(WeChatError):
-    """61009: the authorization_code is invalid, expired or already used."""
+    """A dead authorization code: final, never exchange it again; the merchant needs a new link.
+
+    61009 "code is invalid" (unknown, already used, or another account's). Catching this class also
+    catches ``AuthCodeExpired``.
+    """
 
     errcodes = frozenset({61009})
+
+
+class AuthCodeExpired(AuthCodeInvalid):
+    """61010 "code is expired": the authorization code outlived its validity (about an hour)."""
+
+    errcodes = frozenset({61010})
 
 
 class AdminConfirmationRequired(WeChatError):
@@ -140,8 +173,11 @@ _ALL_CLASSES: tuple[type[WeChatError], ...] = (
     QuotaExceeded,
     ClearQuotaExhausted,
     PermissionDenied,
+    AccountLacksApi,
+    PermissionSetNotGranted,
     InvalidPayload,
     AuthCodeInvalid,
+    AuthCodeExpired,
     AdminConfirmationRequired,
     ConfigurationError,
 )
@@ -178,7 +214,7 @@ ERRCODE_MEANINGS: dict[int, str] = {
     45001: "media size out of limit",
     45009: "daily API quota reached",
     45011: "API minute quota reached",
-    48001: "API not authorized for this account (missing permission set or capability)",
+    48001: "API unauthorized: the account itself lacks this API (e.g. not verified), or the token is of the wrong kind",
     48004: "API banned for this account",
     48006: "clear_quota used 10 times this month",
     50001: "user not authorized for this API",
@@ -187,8 +223,9 @@ ERRCODE_MEANINGS: dict[int, str] = {
     61004: "caller IP is not on the component's IP whitelist",
     61005: "component_verify_ticket expired",
     61006: "component_verify_ticket invalid",
-    61007: "permission set not granted to this component",
-    61009: "authorization code invalid, expired or already used",
+    61007: "API unauthorized to component: the account has not granted this API's permission set to our platform",
+    61009: "authorization code invalid or already used",
+    61010: "authorization code expired",
     61011: "invalid component",
     61023: "authorizer refresh token invalid",
     89503: "account admin must confirm this call's IP",

@@ -85,8 +85,34 @@ def can_upload_images(granted: Iterable[int]) -> bool:
     return bool(set(granted) & set(UPLOADIMG_REQUIRED_ANY_OF))
 
 
-def uploadimg_hint(*, is_mini_program: bool) -> str:
-    """What the merchant must grant when the check fails."""
-    if is_mini_program:
-        return "the merchant must grant permission set 18 (Development and data analysis) to this platform"
-    return "the merchant must grant permission set 11 (Material management, 素材管理) to this platform"
+_UPLOAD_SET_LABELS = {11: "Material management, 素材管理", 18: "Development and data analysis"}
+
+
+def upload_permission_set(*, is_mini_program: bool) -> int:
+    """The one set to ask a merchant for (e.g. in ``category_id_list``) so that uploadimg works."""
+    return 18 if is_mini_program else 11
+
+
+def uploadimg_hint(*, is_mini_program: bool, errcode: int | None = None) -> str:
+    """What the operator must do when uploadimg is refused; ``errcode`` says whose side lacks what.
+
+    61007: the account has not granted the set to our platform (it was unticked, or the platform does
+    not hold it on the Open Platform console, so it was never offered). 48001: the account itself lacks
+    the API, which no authorization fixes. Source: the permission-set troubleshooting guide,
+    https://developers.weixin.qq.com/doc/oplatform/Third-party_Platforms/2.0/troubleshooting/third_party_authority_instructions_troubleshooting.html
+    """
+    set_id = upload_permission_set(is_mini_program=is_mini_program)
+    named = f"permission set {set_id} ({_UPLOAD_SET_LABELS[set_id]})"
+    if errcode == 61007:
+        return (
+            f"the merchant's authorization does not grant {named} to this platform: make sure the platform "
+            f"holds that set (Open Platform console > third-party platform > permission sets), then ask the "
+            f"merchant to re-authorize with it (an authorization link with category_id_list={set_id})"
+        )
+    if errcode == 48001:
+        return (
+            "the merchant's account itself lacks this API (e.g. an unverified account, or an account type "
+            "without it); re-authorizing does not help: the merchant must obtain the capability first "
+            "(e.g. complete WeChat verification)"
+        )
+    return f"the merchant must grant {named} to this platform"

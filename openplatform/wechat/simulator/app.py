@@ -15,7 +15,7 @@ from typing import Any
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from . import component_api, media_api
+from . import component_api, direct_api, media_api, messages
 from .control_api import ControlApi
 from .events import PendingEvent, deliver, deliver_in_background
 from .faults import Fault
@@ -38,7 +38,8 @@ API_ROUTES: dict[str, Handler] = {
     "/cgi-bin/openapi/quota/get": media_api.quota_get,
     "/cgi-bin/clear_quota": media_api.clear_quota,
     "/cgi-bin/component/clear_quota/v2": media_api.component_clear_quota_v2,
-    "/cgi-bin/stable_token": media_api.stable_token,
+    "/cgi-bin/stable_token": direct_api.stable_token,
+    messages.CUSTOM_SEND_PATH: messages.custom_send,
 }
 
 # Far above uploadimg's 1 MB limit, so oversized images reach the 40009 rule instead of an HTTP 413.

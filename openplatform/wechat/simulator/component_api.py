@@ -90,9 +90,12 @@ def query_auth(state: SimulatorState, call: Call) -> dict[str, Any]:
     comp = _component_call(state, call)
     value = call.body.get("authorization_code")
     code = comp.auth_codes.get(value) if isinstance(value, str) else None
-    # Used, expired, unknown or belonging to a revoked grant: all the same 61009 (§6).
-    if code is None or code.used or state.now() >= code.expires_at:
+    # Unknown, used, or belonging to a revoked grant: 61009 "code is invalid". Expired: 61010 "code is
+    # expired" (staff answers on the developer community; docs/wechat-notes.md, item 1).
+    if code is None or code.used:
         raise ApiError(61009)
+    if state.now() >= code.expires_at:
+        raise ApiError(61010)
     authorizer = comp.authorizers.get(code.authorizer_appid)
     if authorizer is None or authorizer.revoked:
         raise ApiError(61009)

@@ -57,7 +57,8 @@ class SimulatorControl:
     def configure(self, **config: Any) -> dict[str, Any]:
         """Partial update of component_token_ttl, authorizer_token_ttl, token_grace_seconds,
         rotate_refresh_tokens, daily_limit (and pre_auth_code_ttl, auth_code_ttl, ticket_ttl,
-        clear_quota_monthly_limit); returns the whole configuration."""
+        clear_quota_monthly_limit, stable_token_renew_seconds, stable_force_daily_limit,
+        stable_force_min_interval); returns the whole configuration."""
         return self._post("config", config)
 
     def register_component(
@@ -67,7 +68,9 @@ class SimulatorControl:
         token: str,
         encoding_aes_key: str,
         events_url: str | None = None,
+        messages_url: str | None = None,
     ) -> dict[str, Any]:
+        """``messages_url`` is the per-authorizer message URL with "$APPID$" in it, as on the Open Platform."""
         return self._post(
             "components",
             {
@@ -76,8 +79,20 @@ class SimulatorControl:
                 "token": token,
                 "encoding_aes_key": encoding_aes_key,
                 "events_url": events_url,
+                "messages_url": messages_url,
             },
         )
+
+    def withhold_permission_sets(self, component_appid: str, set_ids: list[int]) -> list[int]:
+        """The platform does not hold these sets on the Open Platform console (replaces the list; [] = none):
+        they are never offered or granted, and uploadimg then answers 61007."""
+        return self._post(f"components/{component_appid}/withheld_sets", {"set_ids": set_ids})["withheld_sets"]
+
+    def set_account_lacks_api(
+        self, appid: str, path: str = "/cgi-bin/media/uploadimg", lacks: bool = True
+    ) -> dict[str, Any]:
+        """The account itself lacks the API (e.g. unverified): calls to ``path`` answer 48001."""
+        return self._post(f"accounts/{appid}/lacks_api", {"path": path, "lacks": lacks})
 
     def register_direct_account(self, appid: str, secret: str, func_info: list[int]) -> dict[str, Any]:
         return self._post("direct_accounts", {"appid": appid, "secret": secret, "func_info": func_info})
@@ -146,6 +161,39 @@ class SimulatorControl:
 
     def authorizer(self, appid: str, component_appid: str | None = None) -> dict[str, Any]:
         return self._request("GET", f"authorizers/{appid}", params={"component_appid": component_appid})
+
+    # -- messages on behalf of authorizers, the release check ---------------------------------------------
+
+    def send_message(
+        self,
+        appid: str,
+        content: str,
+        from_user: str | None = None,
+        url: str | None = None,
+        component_appid: str | None = None,
+    ) -> dict[str, Any]:
+        """A fan's encrypted text message to the authorizer's message URL: ``{url, status_code,
+        response_text, elapsed_ms, error, reply (decrypted passive reply fields or None), reply_error}``."""
+        payload = {"content": content, "from_user": from_user, "url": url, "component_appid": component_appid}
+        return self._post(f"authorizers/{appid}/messages", payload)
+
+    def run_release_test(
+        self,
+        component_appid: str,
+        account_type: str = "official_account",
+        url: str | None = None,
+        wait: float = 10.0,
+    ) -> dict[str, Any]:
+        """WeChat's full-network release check: ``{passed, steps: [{name, passed, detail}], ...}``."""
+        payload = {"component_appid": component_appid, "account_type": account_type, "url": url, "wait": wait}
+        return self._post("release_test", payload)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return self._request("GET", "messages")
+
+    def custom_messages(self) -> list[dict[str, Any]]:
+        """Every message/custom/send received: ``{appid, touser, msgtype, content, time}``."""
+        return self._request("GET", "custom_messages")
 
     # -- failures, latency, time --------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from werkzeug.wrappers import Request, Response
 
 from . import authorization as authz
 from .faults import Fault, FaultError
+from .messages import deliver_message, new_openid, pending_text
+from .release_test import run_release_test
 from .state import ControlError
 
 if TYPE_CHECKING:
@@ -28,6 +30,12 @@ _RULES = Map(
         Rule("/_sim/reset", methods=["POST"], endpoint="reset"),
         Rule("/_sim/config", methods=["GET", "POST"], endpoint="config"),
         Rule("/_sim/components", methods=["POST"], endpoint="register_component"),
+        Rule("/_sim/components/<appid>/withheld_sets", methods=["POST"], endpoint="withhold_sets"),
+        Rule("/_sim/accounts/<appid>/lacks_api", methods=["POST"], endpoint="lacks_api"),
+        Rule("/_sim/authorizers/<appid>/messages", methods=["POST"], endpoint="send_message"),
+        Rule("/_sim/release_test", methods=["POST"], endpoint="release_test"),
+        Rule("/_sim/messages", methods=["GET"], endpoint="messages"),
+        Rule("/_sim/custom_messages", methods=["GET"], endpoint="custom_messages"),
         Rule("/_sim/tickets/push", methods=["POST"], endpoint="push_ticket"),
         Rule("/_sim/tickets/issue", methods=["POST"], endpoint="issue_ticket"),
         Rule("/_sim/authorizers", methods=["POST"], endpoint="authorize"),
@@ -101,7 +109,17 @@ class ControlApi:
     def _register_component(self, request: Request, body: dict) -> dict:
         with self.state.lock:
             comp = authz.register_component(self.state, **body)
-        return {"component_appid": comp.appid, "events_url": comp.events_url}
+        return {"component_appid": comp.appid, "events_url": comp.events_url, "messages_url": comp.messages_url}
+
+    def _withhold_sets(self, request: Request, body: dict, appid: str) -> dict:
+        with self.state.lock:
+            comp = authz.control_component(self.state, appid)
+            return {"component_appid": appid, "withheld_sets": authz.withhold_permission_sets(comp, body.get("set_ids"))}
+
+    def _lacks_api(self, request: Request, body: dict, appid: str) -> dict:
+        with self.state.lock:
+            lacks = authz.set_account_lacks_api(self.state, appid, body.get("path"), body.get("lacks", True))
+        return {"appid": appid, "path": body.get("path"), "lacks": lacks}
 
     def _register_direct_account(self, request: Request, body: dict) -> dict:
         with self.state.lock:
@@ -175,6 +193,46 @@ class ControlApi:
         with self.state.lock:
             authorizer = authz.find_authorizer(self.state, appid, request.args.get("component_appid"))
             return authz.authorizer_view(self.state, authorizer)
+
+    # -- messages on behalf of authorizers, the release check ---------------------------------------------
+
+    def _send_message(self, request: Request, body: dict, appid: str) -> dict:
+        content = body.get("content")
+        if not isinstance(content, str):
+            raise ControlError("content must be a string")
+        with self.state.lock:
+            authorizer = authz.find_authorizer(self.state, appid, body.get("component_appid"))
+            comp = self.state.components[authorizer.component_appid]
+            message = pending_text(
+                self.state,
+                comp,
+                authorizer,
+                user_name=authz.gh_user_name(appid),
+                content=content,
+                from_user=body.get("from_user") or new_openid(),
+                url=body.get("url"),
+            )
+        result = deliver_message(message)
+        with self.state.lock:
+            self.state.messages.append({**result, "time": self.state.now()})
+        return result
+
+    def _release_test(self, request: Request, body: dict) -> dict:
+        return run_release_test(
+            self.app,
+            component_appid=body.get("component_appid"),
+            account_type=body.get("account_type", "official_account"),
+            url=body.get("url"),
+            wait=body.get("wait", 10.0),
+        )
+
+    def _messages(self, request: Request, body: dict) -> list:
+        with self.state.lock:
+            return list(self.state.messages)
+
+    def _custom_messages(self, request: Request, body: dict) -> list:
+        with self.state.lock:
+            return list(self.state.custom_messages)
 
     # -- failures, latency, time --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Rules of media/uploadimg, the quota endpoints and stable_token (docs/wechat-protocol.md §0, §9-§11).
+"""Rules of media/uploadimg and the quota endpoints (docs/wechat-protocol.md §9-§11).
 
 Handlers run under the state's lock. The multipart body is parsed (and hashed) before the lock is taken;
 ``MediaPart`` is that parse, and ``media_errcode`` judges it without touching the state.
@@ -63,22 +63,28 @@ def media_errcode(media: MediaPart | None) -> int | None:
     return None
 
 
-def _func_info(state: SimulatorState, token: AccessToken) -> list[int]:
+def _permission_errcode(state: SimulatorState, token: AccessToken, path: str) -> int | None:
+    """48001 when the account itself lacks the API; 61007 when its authorization lacks every set the
+    API needs (the troubleshooting guide, docs/wechat-notes.md item 5). The account's own lack is checked
+    first: no re-authorization can fix it."""
+    if (token.owner, path) in state.lacking_apis:
+        return 48001
     if token.kind == "direct":
+        # No component involved: an account using its own secret that lacks the API has only itself.
         account = state.direct_accounts.get(token.owner)
-        return account.func_info if account else []
+        return None if account and can_upload_images(account.func_info) else 48001
     comp = state.components.get(token.component_appid or "")
     authorizer = comp.authorizers.get(token.owner) if comp else None
-    return authorizer.func_info if authorizer and not authorizer.revoked else []
+    granted = authorizer.func_info if comp and authorizer and not authorizer.revoked else []
+    held = [s for s in granted if s not in comp.withheld_sets] if comp else []
+    return None if can_upload_images(held) else 61007
 
 
 def uploadimg(state: SimulatorState, call: Call) -> dict[str, Any]:
     call.token = state.check_token(call.query, kinds=("authorizer", "direct"))
     state.check_quota(call.token.owner, call.path)
     # Any one of the sets "1、8-9、11、18、37、100" is enough (§9).
-    if not can_upload_images(_func_info(state, call.token)):
-        raise ApiError(48001)
-    errcode = media_errcode(call.media)
+    errcode = _permission_errcode(state, call.token, call.path) or media_errcode(call.media)
     if errcode is not None:
         raise ApiError(errcode)
     state.meter(call.token.owner, call.path)
@@ -127,41 +133,3 @@ def component_clear_quota_v2(state: SimulatorState, call: Call) -> dict[str, Any
             raise ApiError(61003)
     state.clear_quota(target)
     return {"errcode": 0, "errmsg": "ok"}
-
-
-def stable_token(state: SimulatorState, call: Call) -> dict[str, Any]:
-    if call.body.get("grant_type") != "client_credential":
-        raise ApiError(40002)
-    appid = call.body.get("appid")
-    if not isinstance(appid, str) or not appid:
-        raise ApiError(41002)
-    account = state.direct_accounts.get(appid)
-    if account is None:
-        raise ApiError(40013)
-    secret = call.body.get("secret")
-    if not isinstance(secret, str) or not secret:
-        raise ApiError(41004)
-    if secret != account.secret:
-        raise ApiError(40125)
-    state.check_quota(appid, call.path)
-    now = state.now()
-    current = state.tokens.get(account.access_token or "")
-    # Without force_refresh the current token is handed back while it is valid (stable_token doc).
-    if (
-        call.body.get("force_refresh") is not True
-        and current is not None
-        and current.forced_errcode is None
-        and current.expires_at > now
-    ):
-        token = current
-    else:
-        token = state.issue_token(
-            kind="direct",
-            owner=appid,
-            component_appid=None,
-            ttl=state.config.authorizer_token_ttl,
-            previous=account.access_token,
-        )
-        account.access_token = token.value
-    state.meter(appid, call.path)
-    return {"access_token": token.value, "expires_in": max(int(token.expires_at - now), 0)}

@@ -26,6 +26,7 @@ ERRMSGS: dict[int, str] = {
     40002: "invalid grant_type",
     40005: "invalid file type",
     40009: "invalid image size",
+    40003: "invalid openid",
     40013: "invalid appid",
     40125: "invalid appsecret",
     41001: "access_token missing",
@@ -41,7 +42,9 @@ ERRMSGS: dict[int, str] = {
     61003: "component is not authorized by this account",
     61005: "component ticket is expired",
     61006: "component ticket is invalid",
+    61007: "api is unauthorized to component",
     61009: "code is invalid",
+    61010: "code is expired",
     61011: "invalid component",
     61023: "refresh_token is invalid",
     76021: "cgi_path not found, please check",
@@ -94,6 +97,11 @@ class Config:
     auth_code_ttl: int = 3600
     ticket_ttl: int = 12 * 3600
     clear_quota_monthly_limit: int = 10
+    # stable_token (getStableAccessToken doc): a normal call renews only in the token's last 5 minutes;
+    # force_refresh is limited to 20 a day, at least 30 s apart (a closer one does not refresh).
+    stable_token_renew_seconds: int = 300
+    stable_force_daily_limit: int = 20
+    stable_force_min_interval: int = 30
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
@@ -160,6 +168,11 @@ class Component:
     encoding_aes_key: str
     events_url: str | None
     tickets: dict[str, float] = field(default_factory=dict)  # ticket -> issued at
+    # The per-authorizer message URL as configured on the Open Platform, with "$APPID$" in it.
+    messages_url: str | None = None
+    # Permission sets the platform does not hold on the Open Platform console: never offered on the
+    # authorization page, never granted, and calls that need one answer 61007.
+    withheld_sets: list[int] = field(default_factory=list)
     access_token: str | None = None
     pre_auth_codes: dict[str, PreAuthCode] = field(default_factory=dict)
     auth_codes: dict[str, AuthCode] = field(default_factory=dict)
@@ -174,6 +187,10 @@ class DirectAccount:
     secret: str
     func_info: list[int]
     access_token: str | None = None
+    # Forced stable_token refreshes: the simulated (Beijing) day they were counted on, how many, last one.
+    forced_day: int = -1
+    forced_count: int = 0
+    last_forced_at: float | None = None
 
 
 @dataclass
@@ -228,7 +245,11 @@ class SimulatorState:
             self.calls: deque[dict[str, Any]] = deque(maxlen=_RECORD_LIMIT)
             self.uploads: deque[dict[str, Any]] = deque(maxlen=_RECORD_LIMIT)
             self.events: deque[dict[str, Any]] = deque(maxlen=_RECORD_LIMIT)
-            self._quota_day = self._day()
+            self.messages: deque[dict[str, Any]] = deque(maxlen=_RECORD_LIMIT)  # pushed to message URLs
+            self.custom_messages: deque[dict[str, Any]] = deque(maxlen=_RECORD_LIMIT)  # message/custom/send
+            # (account appid, API path) the account itself lacks (unverified, wrong type): 48001.
+            self.lacking_apis: set[tuple[str, str]] = set()
+            self._quota_day = self.day()
             self.quota_used: Counter[tuple[str, str]] = Counter()  # (account appid, path) -> used today
             self.clears: Counter[tuple[str, str]] = Counter()  # (account appid, "YYYY-MM") -> clears
 
@@ -297,12 +318,12 @@ class SimulatorState:
 
     # -- quota (per account appid and path, per simulated day) --------------------------------------------
 
-    def _day(self) -> int:
+    def day(self) -> int:
         # WeChat's daily quota resets at midnight Beijing time (UTC+8).
         return int((self.now() + 8 * 3600) // 86400)
 
     def _roll_quota_day(self) -> None:
-        day = self._day()
+        day = self.day()
         if day != self._quota_day:
             self._quota_day = day
             self.quota_used.clear()
@@ -353,6 +374,7 @@ class SimulatorState:
             "direct_accounts": {appid: asdict(a) for appid, a in self.direct_accounts.items()},
             "tokens": [asdict(t) for t in self.tokens.values()],
             "quota_used": [{"appid": a, "path": p, "used": n} for (a, p), n in self.quota_used.items()],
+            "lacking_apis": [{"appid": a, "path": p} for a, p in sorted(self.lacking_apis)],
             "faults": self.faults.dump(),
             "counters": dict(self.counters),
         }
