@@ -393,9 +393,25 @@ def test_wechat_refusing_the_permission_fails_with_a_hint(authorizer, component,
 
     upload.refresh_from_db()
     assert outcome.status == upload.status == Upload.Status.FAILED
-    assert upload.errcode == 48001
+    # 61007: the account no longer grants the set to the platform (48001 is the account lacking the API)
+    assert upload.errcode == 61007
     assert upload.permission_check["passed"] is True  # our check passed; WeChat disagreed
-    assert "11" in upload.errmsg
+    assert "11" in upload.errmsg and "re-authorize" in upload.errmsg
+
+
+def test_an_account_that_lacks_the_api_itself_fails_saying_reauthorizing_does_not_help(
+    authorizer, component, make_upload
+):
+    component.set_account_lacks_api(authorizer.appid)
+    upload = make_upload(authorizer)
+
+    outcome = upload_process(upload_id=upload.pk)
+
+    upload.refresh_from_db()
+    assert outcome.status == upload.status == Upload.Status.FAILED
+    assert upload.errcode == 48001
+    assert upload.permission_check["passed"] is True
+    assert "lacks this API" in upload.errmsg and "re-authorizing does not help" in upload.errmsg
 
 
 def test_purged_bytes_fail_the_upload_clearly(authorizer, component, make_upload):

@@ -327,7 +327,7 @@ def _explain(exc: WeChatError, authorizer: Authorizer) -> str:
     if meaning:
         text += f" ({meaning})"
     if isinstance(exc, PermissionDenied):
-        text += "; " + uploadimg_hint(is_mini_program=authorizer.is_mini_program)
+        text += "; " + uploadimg_hint(is_mini_program=authorizer.is_mini_program, errcode=exc.errcode)
     elif isinstance(exc, QuotaExceeded):
         text += "; the account's daily uploadimg quota is used up: retry after it resets (00:00 Beijing time)"
     elif isinstance(exc, TokenInvalid):
