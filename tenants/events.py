@@ -69,8 +69,8 @@ def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
         try:
             if code:
                 authorization_code_exchange(auth_code=code)
-        except AuthCodeInvalid as exc:
-            event.error = str(exc)[:2000]
+        except AuthCodeInvalid as exc:  # 61009 / 61010: final; the merchant must authorize again
+            event.error = f"the authorization code is dead ({exc}): the merchant must authorize again from a new link"[:2000]
         except WeChatError as exc:
             if exc.retryable and may_retry:
                 raise

@@ -154,6 +154,8 @@ class AuthCodeExchange(models.Model):
     authorizer = models.ForeignKey(Authorizer, null=True, blank=True, on_delete=models.SET_NULL)
     completed_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    #: WeChat called the code dead (61009 invalid, 61010 expired): final, never sent to WeChat again.
+    dead_errcode = models.IntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:

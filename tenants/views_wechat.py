@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 from openplatform.component.config import component_config
 from openplatform.component.events import PushRefused
 from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
-from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
+from openplatform.wechat.errors import AuthCodeExpired, AuthCodeInvalid, WeChatError
 from tenants.errors import TenantsError
 from tenants.events import component_push_receive
 from tenants.services.authorization import authorization_code_exchange, authorization_state_verify
@@ -115,10 +115,14 @@ def authorized_redirect(request: HttpRequest) -> HttpResponse:
         except TenantsError as exc:
             context["message"] = exc.detail
             status = exc.status
+        except AuthCodeExpired:
+            # 61010: the merchant took longer than the code lives (about an hour): a new link is needed.
+            context["message"] = "This authorization link has expired: ask for a new one and authorize again."
+            status = 400
         except AuthCodeInvalid:
-            # 61009: the code is unknown, expired or used up; the merchant's problem, not WeChat's outage.
+            # 61009: the code is unknown or used up; the merchant's problem, not WeChat's outage.
             context["message"] = (
-                "This authorization code is invalid, has expired or was already used. "
+                "This authorization code is invalid or was already used. "
                 "Please start the authorization again from a new link."
             )
             status = 400

@@ -11,18 +11,20 @@ import logging
 import random
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.conf import settings as django_settings
 from django.db import connection
+from django.utils import timezone
 
 from openplatform.component.models import ComponentEvent, ComponentVerifyTicket
 from openplatform.component.tickets import component_ticket_latest
 from openplatform.component.token import component_access_token_get
 from openplatform.wechat.crypto import WXBizMsgCrypt
-from tenants.models import AuthCodeExchange, Authorizer
+from tenants.models import AuthCodeExchange, Authorizer, Tenant
 from tenants.services.authorization import authorization_state_make
-from tenants.tasks import process_component_event
+from tenants.tasks import process_component_event, sweep_component_events
 from tests.fixtures import (
     AUTHORIZED_REDIRECT_PATH,
     COMPONENT_EVENTS_PATH,
@@ -617,4 +619,33 @@ def test_authorized_event_with_a_dead_code_is_final(component, ticket, client):
     assert event.processed_at is not None
     assert "61009" in event.error
     assert event.auth_code_ciphertext == ""
+    assert not Authorizer.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_expired_code_closes_its_event_and_is_never_sent_to_wechat_again(component, ticket, client):
+    # given an authorization whose event could not be processed within the code's hour (say WeChat was down)
+    grant = component.authorize(APPID)
+    body, params = signed_event(_authorized_xml(grant))
+    assert post_raw(client, COMPONENT_EVENTS_PATH, body, params).content == b"success"
+    event = ComponentEvent.objects.get(info_type="authorized")
+    component.advance_clock(3601)
+
+    # when the task finally runs
+    process_component_event(event.pk)
+
+    # then WeChat's 61010 closes the event with the reason, the code is wiped
+    event.refresh_from_db()
+    assert event.processed_at is not None and event.auth_code_ciphertext == ""
+    assert "61010" in event.error and "authorize again" in event.error
+    assert sim_count(component, "api_query_auth") == 1
+    # and neither the sweeper nor a late redirect with the same code asks WeChat again
+    ComponentEvent.objects.filter(pk=event.pk).update(received_at=timezone.now() - timedelta(minutes=10))
+    assert sweep_component_events() == 0
+    tenant = Tenant.objects.create(slug="late", name="Late")
+    page = client.get(
+        AUTHORIZED_REDIRECT_PATH, {"state": authorization_state_make(tenant=tenant), "auth_code": grant["auth_code"]}
+    )
+    assert page.status_code == 400 and b"expired" in page.content
+    assert sim_count(component, "api_query_auth") == 1
     assert not Authorizer.objects.exists()

@@ -321,3 +321,20 @@ def test_merchant_api_link_when_wechat_fails_is_a_clear_503(ticket, component, a
 @pytest.mark.django_db
 def test_authorization_link_api_only_answers_post(api_client):
     assert api_client.get("/api/v1/authorization-links/").status_code == 405
+
+
+@pytest.mark.django_db
+def test_an_expired_code_says_the_link_expired_and_costs_one_call(ticket, component, tenant, client):
+    grant = component.authorize(APPID)
+    component.advance_clock(3601)  # the merchant came back after the code's hour
+    params = {"state": authorization_state_make(tenant=tenant), "auth_code": grant["auth_code"]}
+
+    first = client.get(AUTHORIZED_REDIRECT_PATH, params)
+    reload = client.get(AUTHORIZED_REDIRECT_PATH, params)
+
+    assert first.status_code == reload.status_code == 400  # the merchant's link, not WeChat's outage
+    for page in (first, reload):
+        assert b"This authorization link has expired: ask for a new one" in page.content
+    assert sim_count(component, "api_query_auth") == 1
+    assert AuthCodeExchange.objects.get().dead_errcode == 61010
+    assert not Authorizer.objects.exists()

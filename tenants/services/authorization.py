@@ -18,7 +18,7 @@ from django.utils import timezone
 from openplatform.component.api import component_api
 from openplatform.component.config import component_config
 from openplatform.wechat.client import AuthorizationInfo
-from openplatform.wechat.errors import AuthCodeInvalid
+from openplatform.wechat.errors import AuthCodeInvalid, error_for
 from tenants.errors import AuthorizerBoundElsewhere, InvalidState
 from tenants.models import AuthCodeExchange, Authorizer, Tenant
 from tenants.signals import authorizer_status_changed
@@ -90,17 +90,29 @@ def authorization_code_exchange(*, auth_code: str, tenant: Tenant | None = None)
             AuthCodeExchange.objects.get_or_create(code_sha256=digest)
     except IntegrityError:
         pass  # created concurrently; fine
+    dead: AuthCodeInvalid | None = None
     with transaction.atomic():
         exchange = AuthCodeExchange.objects.select_for_update().get(code_sha256=digest)
+        if exchange.dead_errcode is not None:
+            # A dead code costs one api_query_auth call, ever (a reload, the event, the sweeper).
+            raise error_for(exchange.dead_errcode, exchange.error)
         if exchange.completed_at is None:
             config = component_config()
-            info = component_api(config=config).query_auth(auth_code)
-            authorizer = _authorizer_upsert_from_authorization(info=info, component_appid=config.appid)
-            exchange.authorizer = authorizer
-            exchange.completed_at = timezone.now()
-            exchange.save()
+            try:
+                info = component_api(config=config).query_auth(auth_code)
+            except AuthCodeInvalid as exc:  # 61009 / 61010: committed below, then raised
+                exchange.dead_errcode, exchange.error = exc.errcode, (exc.errmsg or "")[:500]
+                exchange.save(update_fields=["dead_errcode", "error"])
+                dead, authorizer = exc, None
+            else:
+                authorizer = _authorizer_upsert_from_authorization(info=info, component_appid=config.appid)
+                exchange.authorizer = authorizer
+                exchange.completed_at = timezone.now()
+                exchange.save()
         else:
             authorizer = exchange.authorizer
+    if dead is not None:
+        raise dead
     if authorizer is None:  # exchanged long ago, and that authorizer has since been deleted
         raise AuthCodeInvalid(61009, "this authorization code was already used")
     if tenant is not None:
