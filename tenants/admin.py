@@ -12,7 +12,7 @@ from openplatform.wechat.permissions import permission_set_name
 from tenants.errors import TenantsError
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.services.authorization import authorization_link_create, authorizer_revoke, authorizer_sync_info
-from tenants.services.tokens import authorizer_access_token_force_refresh
+from tenants.services.tokens import authorizer_access_token_force_refresh, authorizer_access_token_replace_leaked
 
 SECRET_FIELDS = ("access_token_ciphertext", "refresh_token_ciphertext", "app_secret_ciphertext")
 
@@ -87,7 +87,7 @@ class AuthorizerAdmin(admin.ModelAdmin):
         "token_generation", "token_refreshed_at", "refresh_count", "last_error", "last_error_at",
         "authorized_at", "revoked_at", "synced_at", "created_at", "updated_at", "func_info",
     )
-    actions = ["refresh_token_now", "resync_from_wechat", "revoke"]
+    actions = ["refresh_token_now", "replace_leaked_token", "resync_from_wechat", "revoke"]
 
     def has_add_permission(self, request):
         return False  # authorizers come from WeChat (onboarding or reconciliation), never from a form
@@ -120,6 +120,24 @@ class AuthorizerAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{authorizer.appid}: {exc}", messages.ERROR)
             else:
                 self.message_user(request, f"{authorizer.appid}: token generation {lease.generation}", messages.SUCCESS)
+
+    @admin.action(description=(
+        "Token leaked: force a new one (direct mode: cuts the old token off for everyone using this "
+        "AppID, the merchant's own servers too; at most 20 a day, 30 s apart)"
+    ))
+    def replace_leaked_token(self, request, queryset):
+        for authorizer in queryset:
+            try:
+                lease = authorizer_access_token_replace_leaked(authorizer=authorizer)
+            except (WeChatError, TenantsError) as exc:
+                self.message_user(request, f"{authorizer.appid}: {exc}", messages.ERROR)
+                continue
+            if authorizer.mode == Authorizer.Mode.DIRECT:
+                note = "the previous token no longer works anywhere"
+            else:
+                note = "WeChat cannot cut the previous token off: it lapses at its own expiry (at most 2 h)"
+            self.message_user(request, f"{authorizer.appid}: token generation {lease.generation}; {note}",
+                              messages.WARNING)
 
     @admin.action(description="Re-sync names and permission sets from WeChat")
     def resync_from_wechat(self, request, queryset):

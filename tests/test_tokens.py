@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 from django.conf import settings as django_settings
 from django.db import connection
 from django.utils import timezone
@@ -28,7 +29,12 @@ from openplatform.wechat.errors import ConfigurationError, MissingTicket, TokenI
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
 from tenants.services.authorization import authorization_code_exchange, authorizer_revoke
-from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh
+from tenants.services.tokens import (
+    authorizer_access_token_force_refresh,
+    authorizer_access_token_get,
+    authorizer_access_token_refresh,
+    authorizer_access_token_replace_leaked,
+)
 from tests.fixtures import expire_access_token, sim_count
 
 APPID = django_settings.WECHAT_COMPONENT_APPID
@@ -455,13 +461,41 @@ def test_direct_account_gets_tokens_from_stable_token_through_the_same_service(m
     assert sim_count(component, "/cgi-bin/stable_token") == 1
     assert sim_count(component, AUTHORIZER_TOKEN) == 0
 
-    # a token error forces a new stable token (force_refresh), once
+    # a token error (someone else forced a refresh) is recovered with a normal call, never a forced one:
+    # forcing would cut off every other holder of the AppID (issue 12, point 2)
     component.invalidate_tokens(authorizer.appid, errcode=40001)
     new = authorizer_access_token_refresh(authorizer=stored, failed_generation=lease.generation)
     assert new.token != lease.token
     calls = component.calls("/cgi-bin/stable_token")
-    assert [c["json"]["force_refresh"] for c in calls] == [False, True]
+    assert [c["json"]["force_refresh"] for c in calls] == [False, False]
     assert all(c["errcode"] == 0 for c in calls)
+
+
+def test_only_the_leaked_token_action_forces_a_stable_token_and_it_cuts_the_old_one_off(
+    make_direct_authorizer, tenant, component
+):
+    authorizer = make_direct_authorizer(tenant)
+    old = authorizer_access_token_get(authorizer=authorizer)
+    stored = Authorizer.objects.get(pk=authorizer.pk)
+
+    refreshed = authorizer_access_token_force_refresh(authorizer=stored)  # "refresh now": a normal call
+    assert refreshed.token == old.token  # WeChat keeps a token with more than 5 minutes left
+    leaked = authorizer_access_token_replace_leaked(authorizer=Authorizer.objects.get(pk=authorizer.pk))
+
+    assert leaked.token != old.token
+    calls = component.calls("/cgi-bin/stable_token")
+    assert [c["json"]["force_refresh"] for c in calls] == [False, False, True]
+    assert _token_answers(component, old.token) == 40001  # cut off at once, for everyone
+    assert _token_answers(component, leaked.token) == 0
+
+
+def _token_answers(component, token: str) -> int:
+    """What WeChat says to a call made with `token` (openapi/quota/get: any API taking an access_token)."""
+    response = requests.post(
+        f"{component.url}/cgi-bin/openapi/quota/get", params={"access_token": token},
+        json={"cgi_path": "/cgi-bin/media/uploadimg"}, timeout=5,
+    )
+    return response.json().get("errcode", 0)
 
 
 @pytest.mark.postgres

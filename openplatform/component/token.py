@@ -101,8 +101,8 @@ class _ComponentToken:
     def serve(self, row: ComponentAccessToken) -> TokenLease:
         return TokenLease(row.get_access_token() or "", row.generation)
 
-    def renew(self, row: ComponentAccessToken, *, force: bool) -> None:
-        # `force` changes nothing here: api_component_token always issues a new token.
+    def renew(self, row: ComponentAccessToken, *, invalidate_previous: bool) -> None:
+        # Nothing to invalidate with: api_component_token always issues a new token.
         ticket_row = component_ticket_latest(component_appid=self.config.appid)
         if ticket_row is None or not ticket_row.is_valid:
             raise MissingTicket(

@@ -23,7 +23,9 @@ separate functions:
 - `token_refresh_ahead`: refresh when less than a margin is left (the beat passes its wider window).
 - `token_refresh_after_failure`: a call failed with generation g: replace the token only if g is
   still current (compare-and-expire), so a late report never throws away a newer token.
-- `token_force_refresh`: an operator's "a new token now".
+- `token_force_refresh`: an operator's "a new token now"; with `invalidate_previous`, the "this token
+  leaked" action (direct mode's `stable_token` with `force_refresh`, which also cuts off everyone else
+  who shares the AppID: never used to recover from an error, docs/wechat-protocol.md §0).
 """
 
 from __future__ import annotations
@@ -80,11 +82,12 @@ class TokenSource(Protocol):
     def serve(self, row: Any) -> TokenLease:
         """The lease for the row's token (and the caller's copy of the row brought up to date)."""
 
-    def renew(self, row: Any, *, force: bool) -> None:
+    def renew(self, row: Any, *, invalidate_previous: bool) -> None:
         """Ask WeChat for a new token and put it on the locked row, stamped; not saved.
 
-        `force`: the current token is known bad or must go, so an issuer that would hand back a
-        still-valid token (direct mode's `stable_token`) is told to replace it.
+        `invalidate_previous`: the operator declared the token leaked: an issuer that can cut the old
+        token off (direct mode's `stable_token` with `force_refresh`) is told to. Recovery from a token
+        error never sets it: a normal call already returns the newest token.
         """
 
     def refused(self, row: Any, error: WeChatError) -> Exception | None:
@@ -106,7 +109,7 @@ def token_get(source: TokenSource, *, margin: timedelta = ON_DEMAND_REFRESH_MARG
 
 def token_refresh_ahead(source: TokenSource, *, margin: timedelta = SCHEDULED_REFRESH_WINDOW) -> TokenLease:
     """Refresh if less than `margin` is left; otherwise serve the stored token (a repeat is a no-op)."""
-    return _refresh(source, due=lambda row: source.seconds_left(row) <= margin.total_seconds(), force=False)
+    return _refresh(source, due=lambda row: source.seconds_left(row) <= margin.total_seconds(), invalidate_previous=False)
 
 
 def token_refresh_after_failure(
@@ -121,21 +124,21 @@ def token_refresh_after_failure(
     def due(row: Any) -> bool:
         return source.generation(row) == failed_generation or source.seconds_left(row) <= margin.total_seconds()
 
-    return _refresh(source, due=due, force=True)
+    return _refresh(source, due=due, invalidate_previous=False)
 
 
-def token_force_refresh(source: TokenSource) -> TokenLease:
-    """A new token whatever is left of the current one (an operator's action)."""
-    return _refresh(source, due=lambda row: True, force=True)
+def token_force_refresh(source: TokenSource, *, invalidate_previous: bool = False) -> TokenLease:
+    """A new token whatever is left of the current one (an operator's action); see `renew`."""
+    return _refresh(source, due=lambda row: True, invalidate_previous=invalidate_previous)
 
 
-def _refresh(source: TokenSource, *, due: Callable[[Any], bool], force: bool) -> TokenLease:
+def _refresh(source: TokenSource, *, due: Callable[[Any], bool], invalidate_previous: bool) -> TokenLease:
     with transaction.atomic():
         row = source.lock()
         if not due(row):
             return source.serve(row)
         try:
-            source.renew(row, force=force)
+            source.renew(row, invalidate_previous=invalidate_previous)
         except WeChatError as exc:
             error = exc
             final = source.refused(row, exc)

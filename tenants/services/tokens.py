@@ -60,8 +60,23 @@ def authorizer_access_token_refresh_after_failure(*, authorizer: Authorizer, fai
 
 
 def authorizer_access_token_force_refresh(*, authorizer: Authorizer) -> TokenLease:
-    """A new token now, whatever is left of the current one (the admin's action)."""
+    """A new token now, whatever is left of the current one (the admin's "refresh now").
+
+    In direct mode this is a normal `stable_token` call: WeChat hands back the current token unless it is
+    in its last 5 minutes, and nobody else's copy is cut off.
+    """
     return token_force_refresh(_AuthorizerToken(authorizer))
+
+
+def authorizer_access_token_replace_leaked(*, authorizer: Authorizer) -> TokenLease:
+    """The token leaked: a new one, and the old one cut off where WeChat allows it (the admin's action).
+
+    Direct mode: `stable_token` with `force_refresh=true`, which invalidates the previous token at once
+    for every holder of the AppID (the merchant's own servers too) and is limited to 20 a day, 30 s
+    apart. Component mode: api_authorizer_token issues a new token; WeChat offers no way to cut the old
+    one short (it lapses with its own expiry).
+    """
+    return token_force_refresh(_AuthorizerToken(authorizer), invalidate_previous=True)
 
 
 def authorizer_access_token_refresh(
@@ -107,9 +122,11 @@ class _AuthorizerToken:
         _copy_token_state(row, self.authorizer)
         return TokenLease(row.get_access_token() or "", row.token_generation)
 
-    def renew(self, row: Authorizer, *, force: bool) -> None:
+    def renew(self, row: Authorizer, *, invalidate_previous: bool) -> None:
         if row.mode == Authorizer.Mode.DIRECT:
-            token = wechat_client().stable_token(appid=row.appid, secret=row.get_app_secret() or "", force_refresh=force)
+            token = wechat_client().stable_token(
+                appid=row.appid, secret=row.get_app_secret() or "", force_refresh=invalidate_previous
+            )
             access_token, expires_in, new_refresh = token.access_token, token.expires_in, None
         else:
             access_token, expires_in, new_refresh = _refresh_component_authorizer(row)
