@@ -30,7 +30,7 @@ echo "make run: database ${DATABASE_URL:-sqlite (${VAR_DIR:-var}/db.sqlite3)}, b
 # of honcho and, when it ends, stops whatever of this run is still there: every process of the run
 # carries MAKE_RUN_ID in its environment, which /proc shows even once a process is orphaned.
 # All within 10 s of the signal.
-MAKE_RUN_ID="$$-${EPOCHREALTIME/./}"
+MAKE_RUN_ID="$$-${EPOCHREALTIME//[!0-9]/}"
 export MAKE_RUN_ID
 HONCHO_GRACE=6     # honcho's own 5 s, and some room on a loaded machine
 LEFTOVER_GRACE=2
@@ -53,10 +53,18 @@ signal_leftovers() {  # signal_leftovers SIGNAL: false when none is left
   kill "-$1" $pids 2>/dev/null || true
 }
 
+now_us() { now=${EPOCHREALTIME//[!0-9]/}; }  # in $now, microseconds (no subshell)
+
 wait_while() {  # wait_while SECONDS COMMAND...: until COMMAND fails, at most SECONDS
-  local deadline=$((SECONDS + $1))
+  local now deadline
+  now_us
+  deadline=$((now + $1 * 1000000))
   shift
-  while "$@" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  while "$@"; do
+    now_us
+    [ "$now" -lt "$deadline" ] || return 0
+    sleep 0.1
+  done
 }
 
 honcho_running() { kill -0 "$honcho" 2>/dev/null; }
