@@ -6,6 +6,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey
 
 from openplatform.wechat.errors import WeChatError
 from openplatform.wechat.permissions import permission_set_name
@@ -64,6 +65,12 @@ class TenantAdmin(admin.ModelAdmin):
                             tenant.slug, link.url, link.mobile_url, link.expires_at),
                 messages.SUCCESS,
             )
+
+
+# The library registers an admin for its own concrete APIKey, which nothing here uses (a merchant's key
+# is a TenantAPIKey): without this the index listed "API keys" twice, one of them always empty.
+if admin.site.is_registered(APIKey):
+    admin.site.unregister(APIKey)
 
 
 @admin.register(TenantAPIKey)

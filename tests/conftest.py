@@ -2,7 +2,9 @@ import os
 
 import pytest
 
-pytest_plugins = ["openplatform.wechat.simulator.testing", "tests.fixtures"]
+from tests.allowed_skips import skip_allowed
+
+pytest_plugins = ["openplatform.wechat.simulator.testing", "tests.fixtures", "pytester"]
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -11,6 +13,33 @@ def _require(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (required in CI)", pytrace=False)
     pytest.skip(reason)
+
+
+def _fail_unlisted_skip(report) -> None:
+    """In CI, a skip becomes a failure unless tests/allowed_skips.py lists the test. Read at each report
+    (not once at import) so that tests/test_ci_skips.py can run it both ways."""
+    if os.environ.get("CI") != "true" or not report.skipped or hasattr(report, "wasxfail"):
+        return  # an expected failure (xfail) is reported as a skip too; it is not one
+    if skip_allowed(report.nodeid):
+        return
+    longrepr = report.longrepr
+    reason = (longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)).removeprefix("Skipped: ")
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped in CI: {reason}\n"
+        "A skip in CI is a failure unless tests/allowed_skips.py lists the test with its reason."
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    _fail_unlisted_skip((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a module skipped as a whole at import (`pytest.importorskip` at its top, say)."""
+    _fail_unlisted_skip((yield).get_result())
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,9 @@
 """`make run`, the way a newcomer meets it (issue #5): scripts/run.sh brings up the simulator, web,
 worker, beat and the seeded demo; the curl commands it prints work when pasted; the sample upload
-succeeds; Ctrl-C stops every process.
+succeeds; Ctrl-C, a SIGTERM to `make run` or a closed terminal stops every process within 10 s.
 
 It runs on the embedded defaults (SQLite, the filesystem broker) in a temporary VAR_DIR, on free ports,
-so a developer's var/ and a running `make run` are left alone. About 15 s.
+so a developer's var/ and a running `make run` are left alone. About 15 s per start.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 HONCHO = REPO / ".venv" / "bin" / "honcho"
+MARKER = "LOCAL_STACK_TEST_RUN"
 BANNER = "demo ready"
 RULE = "=" * 76
+STOP_WITHIN = 10  # seconds, from the signal to the last process gone
 
 pytestmark = pytest.mark.skipif(
     not HONCHO.exists(), reason=f"needs {HONCHO.relative_to(REPO)} (`make install` puts it there)"
@@ -37,24 +40,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(root: int) -> set[int]:
-    """Every living process below `root` (honcho starts each child in a session of its own)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def _alive(pid: int) -> bool:
     """Running, not merely a zombie waiting for its parent to reap it."""
     try:
@@ -64,13 +49,80 @@ def _alive(pid: int) -> bool:
     return state not in {"Z", "X"}
 
 
-def _kill_everything(root: int, pids: set[int]) -> None:
-    for pid in {root} | pids:
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError):
+        return 0
+
+
+def _run_processes(marker: str) -> set[int]:
+    """Every living process started from the run: each inherits the test's marker in its environment,
+    which /proc shows whoever its parent is now (an orphan is found as well as a child)."""
+    needle = f"{MARKER}={marker}".encode()
+    found = set()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            entries = environ.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        pid = int(environ.parent.name)
+        if needle in entries and _alive(pid):
+            found.add(pid)
+    return found
+
+
+def _kill_everything(marker: str) -> None:
+    for pid in _run_processes(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _start(tmp_path: Path, command: list[str]) -> tuple[subprocess.Popen, Path, str, int]:
+    """`command` (scripts/run.sh or `make run`) on free ports, in a session of its own as a terminal
+    would run it: (process, its log, the marker its processes carry, the web port)."""
+    web_port, simulator_port = _free_port(), _free_port()
+    marker = uuid.uuid4().hex
+    env = {
+        # A clean environment: nothing of the test run's (its DATABASE_URL, DJANGO_SETTINGS_MODULE, ...).
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "LANG": "C.UTF-8",
+        "VAR_DIR": str(tmp_path / "var"),
+        "WEB_PORT": str(web_port),
+        "SIMULATOR_PORT": str(simulator_port),
+        MARKER: marker,
+    }
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return proc, log, marker, web_port
+
+
+def _assert_everything_stops(proc: subprocess.Popen, log: Path, marker: str, web_port: int, signalled: float):
+    """The run has exited and left no process behind, STOP_WITHIN seconds after `signalled` at most."""
+    deadline = signalled + STOP_WITHIN
+    while (proc.poll() is None or _run_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = {pid: _cmdline(pid) for pid in _run_processes(marker)}
+    tail = log.read_text(errors="replace")[-3000:]
+    assert proc.poll() is not None, f"still running {STOP_WITHIN} s after the signal\n{tail}"
+    assert not left, f"still running {STOP_WITHIN} s after the signal: {left}\n{tail}"
+    with socket.socket() as s:  # the web port is free again (no listener; TIME_WAIT is fine)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", web_port))
 
 
 def _wait_for_banner(proc: subprocess.Popen, log: Path, timeout: float) -> list[str]:
@@ -121,27 +173,10 @@ def _run_pasted(command: str) -> str:
 
 
 def test_make_run_serves_the_demo_its_commands_work_and_ctrl_c_stops_everything(tmp_path):
-    web_port, simulator_port = _free_port(), _free_port()
-    env = {
-        # A clean environment: nothing of the test run's (its DATABASE_URL, DJANGO_SETTINGS_MODULE, ...).
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", str(tmp_path)),
-        "LANG": "C.UTF-8",
-        "VAR_DIR": str(tmp_path / "var"),
-        "WEB_PORT": str(web_port),
-        "SIMULATOR_PORT": str(simulator_port),
-    }
-    log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["bash", "scripts/run.sh"], cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    processes: set[int] = set()
+    proc, log, marker, web_port = _start(tmp_path, ["bash", "scripts/run.sh"])
     try:
         printout = _wait_for_banner(proc, log, timeout=60)
-        processes = _descendants(proc.pid)
-        assert len(processes) >= 5  # simulator, web, worker, beat, demo (and their shells and children)
+        assert len(_run_processes(marker)) >= 6  # run.sh, honcho, simulator, web, worker, beat, demo, ...
 
         commands = [line.strip() for line in printout if line.strip().startswith("curl ")]
         upload_cmd = next(c for c in commands if "-F " in c)
@@ -167,18 +202,47 @@ def test_make_run_serves_the_demo_its_commands_work_and_ctrl_c_stops_everything(
         assert [a["appid"] for a in accounts] == [accepted["authorizer_appid"]]
         assert accounts[0]["can_upload_images"] is True
 
-        # Ctrl-C: the terminal sends SIGINT to the foreground process group (run.sh, which is honcho).
-        processes |= _descendants(proc.pid)
+        # Ctrl-C: the terminal sends SIGINT to the foreground process group (run.sh and honcho).
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while (left := {pid for pid in processes if _alive(pid)}) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not left, f"still running after Ctrl-C: {sorted(left)}\n{log.read_text(errors='replace')[-3000:]}"
-        with socket.socket() as s:  # the web port is free again (no listener; TIME_WAIT is fine)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", web_port))
+        _assert_everything_stops(proc, log, marker, web_port, signalled=time.monotonic())
+        assert proc.returncode == 130
     finally:
-        if proc.poll() is None or any(_alive(pid) for pid in processes):
-            _kill_everything(proc.pid, processes | _descendants(proc.pid))
-            proc.wait(timeout=10)
+        _kill_everything(marker)
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("command", "how", "returncode"),
+    [
+        # A process manager or an IDE's stop button: SIGTERM to `make run` alone (make passes it on).
+        (["make", "-o", "install", "run"], "sigterm", -signal.SIGTERM),
+        # The terminal closed: SIGHUP to the foreground group, which kills honcho at once.
+        (["bash", "scripts/run.sh"], "sighup", 129),
+        # honcho itself killed (out of memory, a supervisor's SIGKILL): its processes are orphans.
+        (["bash", "scripts/run.sh"], "honcho-killed", 137),
+    ],
+    ids=["sigterm-to-make", "terminal-closed", "honcho-killed"],
+)
+def test_make_run_leaves_no_process_behind(tmp_path, command, how, returncode):
+    proc, log, marker, web_port = _start(tmp_path, command)
+    try:
+        _wait_for_banner(proc, log, timeout=60)
+        # The prefork worker and its pool children are up (the pool is what once outlived the run).
+        workers = [pid for pid in _run_processes(marker) if " worker " in _cmdline(pid)]
+        assert len(workers) >= 3, workers
+
+        signalled = time.monotonic()
+        if how == "sigterm":
+            os.kill(proc.pid, signal.SIGTERM)
+        elif how == "sighup":
+            os.killpg(proc.pid, signal.SIGHUP)
+        else:
+            # honcho's own children (one per process, forked) have its command line: the one run.sh started.
+            honcho = [pid for pid in _run_processes(marker) if "honcho" in _cmdline(pid) and _ppid(pid) == proc.pid]
+            assert len(honcho) == 1, honcho
+            os.kill(honcho[0], signal.SIGKILL)
+        _assert_everything_stops(proc, log, marker, web_port, signalled)
+        assert proc.returncode == returncode
+    finally:
+        _kill_everything(marker)
+        proc.wait(timeout=10)
