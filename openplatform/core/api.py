@@ -6,6 +6,7 @@ Every refused request is `{"code": "...", "detail": "..."}` with a 4xx status.
 from __future__ import annotations
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
+from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -24,6 +25,7 @@ _DEFAULT_CODES = {
     exceptions.AuthenticationFailed: "authentication_failed",
     exceptions.PermissionDenied: "permission_denied",
     exceptions.NotFound: "not_found",
+    Http404: "not_found",  # DRF answers it as NotFound (e.g. an unknown ?format=): the same code
     exceptions.MethodNotAllowed: "method_not_allowed",
     exceptions.NotAcceptable: "not_acceptable",
     exceptions.UnsupportedMediaType: "unsupported_media_type",
