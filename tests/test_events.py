@@ -215,27 +215,40 @@ def test_redirect_and_event_racing_exchange_the_code_once(live_component, tenant
     event = ComponentEvent.objects.get(info_type="authorized")
     live_component.set_latency("/cgi-bin/component/api_query_auth", 0.4)
     errors: list[BaseException] = []
+    spans: dict[str, tuple[float, float]] = {}
 
     def run_event() -> None:
+        started = time.monotonic()
         try:
             process_component_event(event.pk)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
+            spans["event"] = (started, time.monotonic())
             connection.close()
+
+    exchanges_before = sim_count(live_component, "api_query_auth")
+
+    def in_query_auth() -> bool:  # the simulator counts a call when it arrives, then sleeps
+        return sim_count(live_component, "api_query_auth") > exchanges_before
 
     worker = threading.Thread(target=run_event)
     if first == "event":
         worker.start()
-        time.sleep(0.1)
+        wait_for(in_query_auth)
     # when the merchant comes back through the redirect while the event is processed
     state = authorization_state_make(tenant=tenant)
     if first == "redirect":
-        threading.Timer(0.1, worker.start).start()
+        threading.Thread(target=lambda: (wait_for(in_query_auth), worker.start())).start()
+    started = time.monotonic()
     response = client.get(AUTHORIZED_REDIRECT_PATH, {"state": state, "auth_code": grant["auth_code"]})
+    spans["redirect"] = (started, time.monotonic())
     wait_for(lambda: worker.ident is not None)
     worker.join(10)
+    assert not worker.is_alive(), "the event was not processed in time"
 
+    # (the two really overlapped: each started before the other had finished)
+    assert spans["event"][0] < spans["redirect"][1] and spans["redirect"][0] < spans["event"][1], spans
     # then WeChat saw one exchange, both paths succeeded, and the account is bound to the tenant
     assert not errors
     assert response.status_code == 200, response.content
@@ -466,10 +479,14 @@ def test_oversized_body_is_refused_before_parsing(client, db, path):
 
 @pytest.mark.parametrize("path", EVENT_PATHS)
 @pytest.mark.parametrize("declared", ["999999999999", "abc", "-1"])
-def test_odd_content_length_is_not_a_500(client, db, path, declared):
+def test_odd_content_length_is_a_400_and_stores_nothing(client, db, path, declared):
+    # A length over the limit, not a number, or negative: the body cannot be trusted, so it is refused
+    # before it is read (never a 500, never a ticket).
     body, params = signed_event(ticket_xml())
     response = post_raw(client, path, body, params, CONTENT_LENGTH=declared)
-    assert response.status_code in (200, 400), response.content[:200]
+    assert response.status_code == 400, response.content[:200]
+    assert not ComponentVerifyTicket.objects.exists()
+    assert not ComponentEvent.objects.exists()
 
 
 @pytest.mark.parametrize("path", EVENT_PATHS)
@@ -491,6 +508,7 @@ def test_random_corruptions_of_a_valid_push_never_500(client, db, path):
     rng = random.Random(20240603)
     body, params = signed_event(ticket_xml())
     raw = body.encode()
+    answers = {200: 0, 400: 0, 403: 0}
     for _ in range(150):
         data = bytearray(raw)
         for _ in range(rng.randint(1, 4)):
@@ -504,9 +522,16 @@ def test_random_corruptions_of_a_valid_push_never_500(client, db, path):
         query = dict(params)
         if rng.random() < 0.3:
             query[rng.choice(list(query))] = "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(rng.randint(0, 8)))
+        stored_before = ComponentVerifyTicket.objects.count()
         response = post_raw(client, path, bytes(data), query)
-        assert response.status_code < 500
         assert response.status_code in (200, 400, 403)
+        # a push is stored exactly when it is acknowledged (and only on the component URL), and what is
+        # stored is the signed ticket: a corruption that still passes can only be outside the signed part
+        stored = ComponentVerifyTicket.objects.count() - stored_before
+        answers[response.status_code] += 1
+        assert stored == (1 if response.status_code == 200 and path == COMPONENT_EVENTS_PATH else 0), response.content
+    assert {t.get_ticket() for t in ComponentVerifyTicket.objects.all()} <= {"ticket@@@crafted"}
+    assert answers[400] and answers[403], answers  # the fuzz reached both refusals
 
 
 # -- the per-authorizer message URL ----------------------------------------------------------------------

@@ -180,6 +180,7 @@ def test_reconciliation_recovers_refresh_tokens_revokes_missing_accounts_and_fin
     component.revoke(gone.appid)  # revoked; we missed the `unauthorized` event
     Authorizer.objects.filter(pk=needs_reauth.pk).update(status=Authorizer.Status.REAUTHORIZATION_REQUIRED)
     unknown = component.authorize(APPID, nick_name="Never exchanged")  # authorized; we missed the code
+    steady_before = Authorizer.objects.filter(pk=steady.pk).values().get()
 
     report = reconcile_authorizers()
 
@@ -197,10 +198,10 @@ def test_reconciliation_recovers_refresh_tokens_revokes_missing_accounts_and_fin
     lost.access_token_expires_at = timezone.now() - timedelta(minutes=1)
     lost.save()
     assert authorizer_access_token_get(authorizer=lost).token == component.authorizer(lost.appid)["access_token"]
-    assert steady.pk  # untouched accounts stay as they were
-    steady_after = Authorizer.objects.get(pk=steady.pk)
-    assert steady_after.status == Authorizer.Status.AUTHORIZED
-    assert steady_after.get_access_token() == steady.get_access_token()
+    # an account WeChat lists with the refresh token we hold is not written at all (no lock, no save)
+    assert Authorizer.objects.filter(pk=steady.pk).values().get() == steady_before
+    assert steady_before["status"] == Authorizer.Status.AUTHORIZED
+    assert Authorizer.objects.get(pk=steady.pk).get_refresh_token() == component.authorizer(steady.appid)["refresh_token"]
 
     # and a second run finds nothing to do
     again = reconcile_authorizers()
@@ -228,16 +229,33 @@ def _in_thread(target) -> tuple[threading.Thread, list]:
 def test_reconciliation_does_not_overwrite_a_token_refreshed_meanwhile(make_authorizer, tenant, component):
     # given an account WeChat lists first (authorized, never exchanged: reconciliation fetches its info,
     # slowly), then ours, whose refresh token WeChat has replaced
-    component.authorize(APPID)
+    info_path = "/cgi-bin/component/api_get_authorizer_info"
+    unknown = component.authorize(APPID)
     ours = make_authorizer(tenant)
     component.invalidate_refresh_token(ours.appid)
-    component.set_latency("/cgi-bin/component/api_get_authorizer_info", 0.5)
+    component.set_latency(info_path, 0.5)
 
-    # when reconciliation runs while a worker refreshes our token (recovering from the 61023 itself)
+    # when reconciliation runs while a worker refreshes our token (recovering from the 61023 itself):
+    # the refresh starts once reconciliation has read our row and is waiting for the unknown's info
+    asked_before = sim_count(component, info_path)  # onboarding asked for ours
     thread, outcome = _in_thread(reconcile_authorizers)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while sim_count(component, info_path) == asked_before:  # counted when it arrives, answered 0.5 s later
+        assert time.monotonic() < deadline, f"reconciliation never asked for the unknown account's info: {outcome}"
+        time.sleep(0.02)
+    refresh_started = time.time()
     lease = authorizer_access_token_refresh(authorizer=Authorizer.objects.get(pk=ours.pk), force=True)
     thread.join(10)
+    assert not thread.is_alive(), "reconciliation did not finish"
+
+    # and they did overlap: reconciliation's info call was answered after the refresh had started, and
+    # after the refresh's first call to WeChat (made under our row's lock), so reconciliation came to
+    # our row with its stale copy while the refresh held it or had written it
+    reconcile_info = [c for c in component.calls(info_path) if c["json"]["authorizer_appid"] == unknown["authorizer_appid"]]
+    refresh_calls = [c for c in component.calls("/cgi-bin/component/api_authorizer_token")
+                     if c["json"]["authorizer_appid"] == ours.appid]
+    assert len(reconcile_info) == 1 and refresh_calls
+    assert refresh_started < refresh_calls[0]["time"] < reconcile_info[0]["time"]
 
     # then the token the worker stored is still the stored one (no lost update), with its generation
     assert not isinstance(outcome[0], BaseException), outcome
@@ -267,11 +285,17 @@ def test_reconciliation_does_not_revoke_an_account_shifted_out_of_the_paged_list
     thread, outcome = _in_thread(reconcile_authorizers)
     list_path = "/cgi-bin/component/api_get_authorizer_list"
     deadline = time.monotonic() + 10
-    while not component.calls(list_path) and time.monotonic() < deadline:  # page 1 answered; page 2 is 0.8 s away
+    while not component.calls(list_path):  # page 1 answered; page 2 is 0.8 s away
+        assert time.monotonic() < deadline, f"reconciliation never read the list's first page: {outcome}"
         time.sleep(0.02)
     component.revoke(grants[0]["authorizer_appid"])
+    revoked_at = time.time()
     thread.join(30)
+    assert not thread.is_alive(), "reconciliation did not finish"
 
+    # (the revocation really fell between the two pages: the second was answered after it)
+    pages = component.calls(list_path)
+    assert len(pages) == 2 and pages[0]["time"] < revoked_at < pages[1]["time"], pages
     # then ours, which slid onto the page already read, is not taken for revoked
     assert not isinstance(outcome[0], BaseException), outcome
     assert outcome[0]["seen"] == 500

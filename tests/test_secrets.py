@@ -20,8 +20,8 @@ from django.db import connection
 
 from openplatform.component.models import ComponentAccessToken, ComponentEvent, ComponentVerifyTicket
 from openplatform.component.tickets import component_ticket_latest
-from openplatform.core.secrets import SecretDecryptionError, _multifernet
-from tenants.models import Authorizer
+from openplatform.core.secrets import SecretDecryptionError, _multifernet, decrypt_secret, encrypt_secret
+from tenants.models import Authorizer, TenantAPIKey
 from tenants.services.tokens import authorizer_access_token_get
 from tenants.tasks import process_component_event
 from tests.fixtures import expire_access_token
@@ -87,7 +87,8 @@ def test_rotate_encryption_keys_reencrypts_every_secret_under_the_new_key(make_a
         app_secret_ciphertext=Fernet(old_keys[1].encode()).encrypt(b"direct-app-secret").decode()
     )
     before = _all_secrets()
-    assert len(before) >= 6
+    # a ticket, the component token, the authorizer's access and refresh tokens, the app secret, the code
+    assert len(before) == 6, sorted(before)
     ciphertexts_before = {key: _ciphertext(key) for key in before}
 
     # when a new key is prepended and the command runs
@@ -95,7 +96,7 @@ def test_rotate_encryption_keys_reencrypts_every_secret_under_the_new_key(make_a
     settings.FIELD_ENCRYPTION_KEYS = [new_key, *old_keys]
     out = io.StringIO()
     call_command("rotate_encryption_keys", stdout=out, stderr=io.StringIO())
-    assert int(out.getvalue().strip().splitlines()[-1]) >= 5
+    assert int(out.getvalue().strip().splitlines()[-1]) == len({(label, pk) for label, pk, _ in before})  # rows
 
     # then, with the old keys dropped, everything still decrypts to the same values
     settings.FIELD_ENCRYPTION_KEYS = [new_key]
@@ -124,8 +125,17 @@ def test_dropping_a_key_without_rotating_is_a_clear_error(authorizer, settings):
 
 
 def test_keys_are_not_derived_from_secret_key(settings):
-    assert settings.SECRET_KEY.encode() not in b"".join(k.encode() for k in settings.FIELD_ENCRYPTION_KEYS)
+    # given a secret encrypted under the configured keys
+    ciphertext = encrypt_secret("raw-token-value")
+    # when SECRET_KEY changes (rotated, or another deployment's)
+    settings.SECRET_KEY = "a-completely-different-secret-key"
     _multifernet.cache_clear()
+    # then the secret still decrypts, and the first configured key alone opens it (plain Fernet, nothing
+    # mixed in from SECRET_KEY); what is encrypted now is under that same key
+    assert decrypt_secret(ciphertext) == "raw-token-value"
+    first = Fernet(settings.FIELD_ENCRYPTION_KEYS[0].encode())
+    assert first.decrypt(ciphertext.encode()) == b"raw-token-value"
+    assert first.decrypt(encrypt_secret("another").encode()) == b"another"
 
 
 # -- nothing leaks after a full onboarding ---------------------------------------------------------------
@@ -237,30 +247,41 @@ def _onboard_and_use(sim, admin_client) -> dict[str, str]:
     )
     api_text += api.post(base + "/api/v1/authorization-links/", timeout=10).text
     token_row = ComponentAccessToken.objects.get()
-    admin_urls = [
-        "/admin/tenants/tenant/",
-        f"/admin/tenants/tenant/{authorizer.tenant_id}/change/",
-        "/admin/tenants/authorizer/",
-        f"/admin/tenants/authorizer/{authorizer.pk}/change/",
-        "/admin/tenants/tenantapikey/",
-        "/admin/openplatform/componentaccesstoken/",
-        f"/admin/openplatform/componentaccesstoken/{token_row.pk}/change/",
-        "/admin/openplatform/componentverifyticket/",
-        f"/admin/openplatform/componentverifyticket/{component_ticket_latest(component_appid=APPID).pk}/change/",
-        "/admin/openplatform/componentevent/",
-        f"/admin/openplatform/componentevent/{event.pk}/change/",
-        "/admin/tenants/authcodeexchange/",
-    ]
+    ticket_row = component_ticket_latest(component_appid=APPID)
+    key_row = TenantAPIKey.objects.get()
+    tenant = authorizer.tenant
+    # Each page with what shows it rendered the object: a list links to the row, a change page names it.
+    admin_pages_expected = {
+        "/admin/tenants/tenant/": [f"/admin/tenants/tenant/{tenant.pk}/change/", tenant.slug],
+        f"/admin/tenants/tenant/{tenant.pk}/change/": [tenant.slug, authorizer.appid, key_row.prefix],
+        "/admin/tenants/authorizer/": [f"/admin/tenants/authorizer/{authorizer.pk}/change/", appid],
+        f"/admin/tenants/authorizer/{authorizer.pk}/change/": [appid, "Refresh token stored:</label>"],
+        "/admin/tenants/tenantapikey/": [key_row.prefix, tenant.slug],
+        "/admin/openplatform/componentaccesstoken/": [f"/admin/openplatform/componentaccesstoken/{token_row.pk}/change/"],
+        f"/admin/openplatform/componentaccesstoken/{token_row.pk}/change/": [str(token_row), APPID],
+        "/admin/openplatform/componentverifyticket/": [f"/admin/openplatform/componentverifyticket/{ticket_row.pk}/change/"],
+        f"/admin/openplatform/componentverifyticket/{ticket_row.pk}/change/": [str(ticket_row), APPID],
+        "/admin/openplatform/componentevent/": [f"/admin/openplatform/componentevent/{event.pk}/change/", appid],
+        f"/admin/openplatform/componentevent/{event.pk}/change/": [str(event), appid],
+    }
     admin_pages = []
-    for path in admin_urls:
+    for path, needles in admin_pages_expected.items():
         response = admin_client.get(path)
-        assert response.status_code in (200, 404), path  # the exchange table may have no admin
-        admin_pages.append(response.content.decode())
+        assert response.status_code == 200, path
+        page = response.content.decode()
+        for needle in needles:
+            assert needle in page, (path, needle)
+        admin_pages.append(page)
+    # The code-exchange table has no admin page (it holds only hashes); if one is added, check it above.
+    assert admin_client.get("/admin/tenants/authcodeexchange/").status_code == 404
     action = admin_client.post(
         "/admin/tenants/authorizer/",
         {"action": "refresh_token_now", "_selected_action": [str(authorizer.pk)]},
         follow=True,
     )
+    assert action.status_code == 200
+    refreshed = Authorizer.objects.get(pk=authorizer.pk)
+    assert f"token generation {refreshed.token_generation}" in action.content.decode()  # the action ran
     admin_pages.append(action.content.decode())
     return {
         "appid": appid,

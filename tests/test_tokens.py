@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def sha(value: str) -> str:
 # "ready", waits for "go", then asks for the token. It prints only a hash of what it got.
 CHILD = textwrap.dedent(
     """
-    import hashlib, sys
+    import hashlib, sys, time
     import django
     django.setup()
     from tenants.models import Authorizer
@@ -64,8 +65,10 @@ CHILD = textwrap.dedent(
     authorizer = Authorizer.objects.get(pk=int(sys.argv[1]))
     print("ready", flush=True)
     sys.stdin.readline()
+    started = time.monotonic()
     lease = authorizer_access_token_get(authorizer=authorizer)
-    print("token", hashlib.sha256(lease.token.encode()).hexdigest(), lease.generation, flush=True)
+    print("token", hashlib.sha256(lease.token.encode()).hexdigest(), lease.generation, started, time.monotonic(),
+          flush=True)
     """
 )
 
@@ -107,10 +110,16 @@ def _start_children(count: int, authorizer_pk: int, simulator) -> list[subproces
 
 
 def _concurrent_callers(authorizer_pk: int, threads: int, processes: int, simulator) -> list[tuple[str, int]]:
-    """Every caller's (sha256 of token, generation), threads and processes released together."""
+    """Every caller's (sha256 of token, generation), threads and processes released together.
+
+    Fails unless every caller answered and all of them overlapped: each had asked for the token before
+    the first one got it (the single flight is what is being tested, not callers that came one by one).
+    CLOCK_MONOTONIC is system-wide on Linux, so the children's times compare with the threads'.
+    """
     children = _start_children(processes, authorizer_pk, simulator) if processes else []
     barrier = threading.Barrier(threads + 1)
     results: list[tuple[str, int]] = []
+    spans: list[tuple[float, float]] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
 
@@ -118,8 +127,10 @@ def _concurrent_callers(authorizer_pk: int, threads: int, processes: int, simula
         try:
             authorizer = Authorizer.objects.get(pk=authorizer_pk)  # each with the expired token in memory
             barrier.wait(timeout=30)
+            started = time.monotonic()
             lease = authorizer_access_token_get(authorizer=authorizer)
             with lock:
+                spans.append((started, time.monotonic()))
                 results.append((sha(lease.token), lease.generation))
         except BaseException as exc:
             errors.append(exc)
@@ -135,12 +146,18 @@ def _concurrent_callers(authorizer_pk: int, threads: int, processes: int, simula
         child.stdin.flush()
     for worker in workers:
         worker.join(60)
+    assert not [w for w in workers if w.is_alive()], "a caller thread did not finish"
     for child in children:
         out, err = child.communicate(timeout=60)
         assert child.returncode == 0, err[-3000:]
-        _, digest, generation = out.split()
+        _, digest, generation, started, ended = out.split()
         results.append((digest, int(generation)))
+        spans.append((float(started), float(ended)))
     assert not errors, errors[:3]
+    assert len(results) == len(spans) == threads + processes, "a caller produced no result"
+    first_answer = min(ended for _, ended in spans)
+    late = [started - first_answer for started, _ in spans if started >= first_answer]
+    assert not late, f"{len(late)} caller(s) asked only after the first had its token (by {max(late):.3f}s): no race"
     return results
 
 
@@ -190,11 +207,14 @@ def test_expired_component_token_is_refreshed_once_under_concurrency(authorizer,
     barrier = threading.Barrier(16)
     tokens: list[str] = []
     errors: list[BaseException] = []
+    spans: list[tuple[float, float]] = []
 
     def call() -> None:
         try:
             barrier.wait(timeout=30)
+            started = time.monotonic()
             tokens.append(component_access_token_get().token)
+            spans.append((started, time.monotonic()))
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -207,6 +227,9 @@ def test_expired_component_token_is_refreshed_once_under_concurrency(authorizer,
         worker.join(30)
 
     assert not errors
+    assert not [w for w in workers if w.is_alive()]
+    # every caller asked before the first one had its token: they raced
+    assert len(spans) == 16 and max(s for s, _ in spans) < min(e for _, e in spans), spans
     assert sim_count(component, COMPONENT_TOKEN) - before == 1
     assert len(set(tokens)) == 1 and len(tokens) == 16
     assert ComponentAccessToken.objects.get(component_appid=APPID).refresh_count == 2  # onboarding + this one
@@ -507,7 +530,10 @@ def test_direct_account_expired_token_is_refreshed_once_under_concurrency(make_d
     before = sim_count(component, "/cgi-bin/stable_token")
     results = _concurrent_callers(authorizer.pk, threads=16, processes=0, simulator=component)
     assert sim_count(component, "/cgi-bin/stable_token") - before == 1
-    assert len({digest for digest, _ in results}) == 1
+    assert len(results) == 16
+    stored = Authorizer.objects.get(pk=authorizer.pk)
+    assert {digest for digest, _ in results} == {sha(stored.get_access_token())}
+    assert {generation for _, generation in results} == {stored.token_generation}
 
 
 def test_direct_account_with_a_wrong_secret_keeps_a_clear_error(make_direct_authorizer, tenant, component):

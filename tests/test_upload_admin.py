@@ -62,18 +62,40 @@ def test_records_cannot_be_added_or_deleted_from_the_admin(admin_client, failed_
     assert admin_client.get(f"{CHANGELIST}{failed_upload.pk}/delete/").status_code == 403
 
 
+def _take_queued_messages() -> list[tuple[str, list]]:
+    """Take every message waiting in the Celery queue of the test broker (Redis, or in-memory without
+    it; no worker consumes it here): (task name, args), in order."""
+    from openplatform.celery import app
+
+    taken = []
+    with app.connection_for_read() as conn:
+        while (message := conn.default_channel.basic_get(app.conf.task_default_queue, no_ack=True)) is not None:
+            taken.append((message.headers["task"], list(message.decode()[0])))
+    return taken
+
+
 def test_retry_action_sends_a_failed_upload_again_as_a_new_attempt_on_the_same_record(
-    admin_client, failed_upload, component
+    admin_client, failed_upload, component, django_capture_on_commit_callbacks, published_tasks
 ):
     """The retry gets a fresh attempt budget: the earlier failures do not count against it."""
-    response = admin_client.post(
-        CHANGELIST, {"action": "retry_failed", "_selected_action": [str(failed_upload.pk)]}, follow=True
-    )
+    from openplatform.celery import app
+
+    app.control.purge()  # messages earlier tests left on the test broker
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        response = admin_client.post(
+            CHANGELIST, {"action": "retry_failed", "_selected_action": [str(failed_upload.pk)]}, follow=True
+        )
     assert response.status_code == 200
     failed_upload.refresh_from_db()
     assert failed_upload.status == Upload.Status.QUEUED and failed_upload.finished_at is None
+    # the task is enqueued once, after the commit, and the message is on the broker
+    assert len(callbacks) == 1
+    assert published_tasks == [("uploads.upload_image", [str(failed_upload.pk)])]
+    ((name, args),) = _take_queued_messages()
+    assert (name, args) == ("uploads.upload_image", [str(failed_upload.pk)])
 
-    assert upload_process(upload_id=failed_upload.pk).status == "succeeded"
+    # when a worker runs that message
+    assert app.tasks[name].apply(args=args).get() == "succeeded"
 
     failed_upload.refresh_from_db()
     assert failed_upload.status == Upload.Status.SUCCEEDED and failed_upload.url

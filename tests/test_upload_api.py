@@ -9,6 +9,7 @@ import hashlib
 import io
 import struct
 import threading
+import time
 import zlib
 
 import pytest
@@ -265,17 +266,23 @@ def test_concurrent_requests_with_one_idempotency_key_create_one_upload(api_clie
 
     data = image_bytes()
     barrier = threading.Barrier(8)
+    spans: list[tuple[float, float]] = []
 
     def send(_):
         try:
             barrier.wait(timeout=10)
-            return post(api_client, data, authorizer.appid, headers={"Idempotency-Key": "burst"})
+            started = time.monotonic()
+            response = post(api_client, data, authorizer.appid, headers={"Idempotency-Key": "burst"})
+            spans.append((started, time.monotonic()))
+            return response
         finally:
             connection.close()
 
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(send, range(8)))
 
+    # (they raced: every request was sent before the first one was answered)
+    assert len(spans) == 8 and max(s for s, _ in spans) < min(e for _, e in spans), spans
     assert [r.status_code for r in responses] == [202] * 8
     assert len({r.json()["id"] for r in responses}) == 1
     assert Upload.objects.count() == UploadBlob.objects.count() == 1
@@ -403,10 +410,29 @@ def test_bad_requests_are_4xx_json_never_5xx(api_client, authorizer):
         }, format="multipart"),
         "3 MB text field": lambda: post(api_client, png, authorizer.appid, note="x" * (3 * 1024 * 1024)),
     }
+    expected = {  # (status, code) of each refusal
+        "no authorizer_appid": (400, "missing_authorizer_appid"),
+        "blank authorizer_appid": (400, "missing_authorizer_appid"),
+        "fit=banana": (400, "invalid"),
+        "json body": (415, "unsupported_media_type"),
+        "plain text body": (415, "unsupported_media_type"),
+        "multipart without boundary": (400, "parse_error"),
+        "broken multipart": (400, "missing_media"),
+        "two media files": (400, "multiple_media"),
+        "media as a text field": (400, "missing_media"),
+        "huge appid": (400, "unknown_authorizer"),
+        "non-ascii appid": (400, "unknown_authorizer"),
+        "long idempotency key": (400, "invalid_idempotency_key"),
+        "empty file named jpg": (400, "empty_file"),
+        "200 files": (400, "too_many_fields"),
+        "2000 fields": (400, "too_many_fields"),
+        "3 MB text field": (413, "image_too_large"),
+    }
+    assert set(expected) == set(cases)
     for name, send in cases.items():
         response = send()
-        assert 400 <= response.status_code < 500, (name, response.status_code, response.content[:300])
         body = response.json()
+        assert (response.status_code, body.get("code")) == expected[name], (name, response.status_code, body)
         assert set(body) >= {"code", "detail"}, (name, body)
     assert not Upload.objects.exists()
 

@@ -705,7 +705,8 @@ def test_upload_retry_argument_overrides_the_client_default(registered, wechat, 
 def _wait_for_calls(simulator, path: str, n: int, timeout: float = 5.0) -> None:
     """A timed-out request still finishes in the simulator; wait so it cannot leak into the next test."""
     deadline = time.monotonic() + timeout
-    while len(simulator.calls(path)) < n and time.monotonic() < deadline:
+    while len(simulator.calls(path)) < n:
+        assert time.monotonic() < deadline, f"the simulator did not finish {n} call(s) to {path} in {timeout}s"
         time.sleep(0.05)
 
 
