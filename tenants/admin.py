@@ -13,7 +13,10 @@ from openplatform.wechat.permissions import permission_set_name
 from tenants.errors import TenantsError
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.services.authorization import authorization_link_create, authorizer_revoke, authorizer_sync_info
-from tenants.services.tokens import authorizer_access_token_force_refresh, authorizer_access_token_replace_leaked
+from tenants.services.tokens import (
+    authorizer_access_token_force_refresh,
+    authorizer_access_token_replace_leaked,
+)
 
 SECRET_FIELDS = ("access_token_ciphertext", "refresh_token_ciphertext", "app_secret_ciphertext")
 

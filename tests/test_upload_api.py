@@ -422,6 +422,7 @@ def test_bad_requests_are_4xx_json_never_5xx(api_client, authorizer):
         "media as a text field": (400, "missing_media"),
         "huge appid": (400, "unknown_authorizer"),
         "non-ascii appid": (400, "unknown_authorizer"),
+        "NUL in appid": (400, "unknown_authorizer"),
         "long idempotency key": (400, "invalid_idempotency_key"),
         "empty file named jpg": (400, "empty_file"),
         "200 files": (400, "too_many_fields"),
