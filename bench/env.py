@@ -71,6 +71,7 @@ def configure_environ(*, simulator_url: str) -> dict[str, str]:
         "API_THROTTLE_RATE": "100000000/min",
         "WECHAT_API_BASE": simulator_url,
         "WECHAT_MP_BASE": simulator_url,
+        "WECHAT_OPEN_BASE": simulator_url,
         "WECHAT_COMPONENT_APPID": COMPONENT["component_appid"],
         "WECHAT_COMPONENT_APPSECRET": COMPONENT["component_appsecret"],
         "WECHAT_COMPONENT_TOKEN": COMPONENT["token"],

@@ -193,6 +193,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 # --- WeChat ---
 WECHAT_API_BASE = env.str("WECHAT_API_BASE", default="https://api.weixin.qq.com")
 WECHAT_MP_BASE = env.str("WECHAT_MP_BASE", default="https://mp.weixin.qq.com")
+#: Host of the mobile authorization page (/wxaopen/safe/bindcomponent), opened inside WeChat.
+WECHAT_OPEN_BASE = env.str("WECHAT_OPEN_BASE", default="https://open.weixin.qq.com")
 WECHAT_COMPONENT_APPID = env.str("WECHAT_COMPONENT_APPID", default="")
 WECHAT_COMPONENT_APPSECRET = env.str("WECHAT_COMPONENT_APPSECRET", default="")
 WECHAT_COMPONENT_TOKEN = env.str("WECHAT_COMPONENT_TOKEN", default="")

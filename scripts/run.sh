@@ -12,6 +12,7 @@ export SIMULATOR_PORT="${SIMULATOR_PORT:-9000}"
 export PUBLIC_BASE_URL="${PUBLIC_BASE_URL:-http://127.0.0.1:${WEB_PORT}}"
 export WECHAT_API_BASE="${WECHAT_API_BASE:-http://127.0.0.1:${SIMULATOR_PORT}}"
 export WECHAT_MP_BASE="${WECHAT_MP_BASE:-http://127.0.0.1:${SIMULATOR_PORT}}"
+export WECHAT_OPEN_BASE="${WECHAT_OPEN_BASE:-http://127.0.0.1:${SIMULATOR_PORT}}"
 # Dev-only component credentials, known to the local simulator. Never use them in production.
 export WECHAT_COMPONENT_APPID="${WECHAT_COMPONENT_APPID:-wxd0000000000dev01}"
 export WECHAT_COMPONENT_APPSECRET="${WECHAT_COMPONENT_APPSECRET:-dev-only-component-secret}"

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from openplatform.core.api_schema import refusal_responses
 from openplatform.wechat.errors import WeChatError
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, permission_set_name
-from tenants.errors import WeChatUnavailable
+from tenants.errors import UnknownPermissionSet, WeChatUnavailable
 from tenants.selectors import authorizer_list
 from tenants.services.authorization import authorization_link_create
 
@@ -54,6 +54,15 @@ class AuthorizerListApi(ListAPIView):
 
 
 class AuthorizationLinkApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        category_id_list = serializers.ListField(
+            child=serializers.IntegerField(min_value=1, max_value=10_000), required=False, max_length=64,
+            help_text=(
+                "Ask only for these permission sets (e.g. [11] for image uploads to an Official Account, "
+                "[18] for a Mini Program); omitted: every set the platform has."
+            ),
+        )
+
     class OutputSerializer(serializers.Serializer):
         url = serializers.URLField()
         mobile_url = serializers.URLField()
@@ -65,12 +74,16 @@ class AuthorizationLinkApi(APIView):
             "A fresh link for the merchant's WeChat account administrator: `url` for a desktop browser "
             "(scan the QR code), `mobile_url` to open inside WeChat. Single use; expires at `expires_at`."
         ),
-        request=None,
-        responses={201: OutputSerializer, **refusal_responses([WeChatUnavailable])},
+        request=InputSerializer,
+        responses={201: OutputSerializer, **refusal_responses([UnknownPermissionSet, WeChatUnavailable])},
     )
     def post(self, request: Request) -> Response:
+        given = self.InputSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
         try:
-            link = authorization_link_create(tenant=request.user.tenant)
+            link = authorization_link_create(
+                tenant=request.user.tenant, category_id_list=given.validated_data.get("category_id_list", [])
+            )
         except WeChatError as exc:
             raise WeChatUnavailable(f"Could not get a pre-authorization code from WeChat: {exc.describe()}") from exc
         data = self.OutputSerializer({"url": link.url, "mobile_url": link.mobile_url, "expires_at": link.expires_at}).data

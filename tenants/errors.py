@@ -38,6 +38,12 @@ class AuthorizerBoundElsewhere(TenantsError):
     status = 409
 
 
+class UnknownPermissionSet(TenantsError):
+    """`category_id_list` names a permission set WeChat does not publish."""
+
+    code = "unknown_permission_set"
+
+
 class WeChatUnavailable(TenantsError):
     """WeChat refused or is unreachable."""
 

@@ -21,6 +21,7 @@ def component(simulator, settings):
     """The component registered in the simulator, our settings pointed at it, and a ticket stored."""
     settings.WECHAT_API_BASE = simulator.url
     settings.WECHAT_MP_BASE = simulator.url
+    settings.WECHAT_OPEN_BASE = simulator.url
     settings.WECHAT_HTTP_MAX_RETRIES = 1
     simulator.register_component(
         component_appid=django_settings.WECHAT_COMPONENT_APPID,

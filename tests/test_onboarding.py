@@ -73,7 +73,7 @@ def test_authorization_link_command_mobile(ticket, tenant):
     url = last_line(out)
     parts = urlsplit(url)
     query = parse_qs(parts.query)
-    assert parts.path == "/safe/bindcomponent"
+    assert parts.path == "/wxaopen/safe/bindcomponent"  # WeChat's current mobile page
     assert parts.fragment == "wechat_redirect"
     assert query["action"] == ["bindcomponent"] and query["no_scan"] == ["1"]
     assert query["pre_auth_code"][0].startswith("preauthcode@@@")
@@ -102,7 +102,7 @@ def test_merchant_api_creates_an_authorization_link(ticket, api_client, tenant):
     body = response.json()
     assert set(body) == {"url", "mobile_url", "expires_at"}
     assert urlsplit(body["url"]).path == "/cgi-bin/componentloginpage"
-    assert urlsplit(body["mobile_url"]).path == "/safe/bindcomponent"
+    assert urlsplit(body["mobile_url"]).path == "/wxaopen/safe/bindcomponent"
     expires_at = parse_datetime(body["expires_at"])
     assert 500 < (expires_at.timestamp() - time.time()) <= 600  # the simulator's pre_auth_code lives 600 s
     # and the state names this tenant
@@ -338,3 +338,79 @@ def test_an_expired_code_says_the_link_expired_and_costs_one_call(ticket, compon
     assert sim_count(component, "api_query_auth") == 1
     assert AuthCodeExchange.objects.get().dead_errcode == 61010
     assert not Authorizer.objects.exists()
+
+
+# -- links asking for chosen permission sets (category_id_list) ------------------------------------------
+
+
+def _query_of(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query)
+
+
+@pytest.mark.django_db
+def test_api_links_ask_for_chosen_sets_on_both_pages(ticket, api_client, settings):
+    response = api_client.post("/api/v1/authorization-links/", {"category_id_list": [11, 18, 11]}, format="json")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    pc, mobile = urlsplit(body["url"]), urlsplit(body["mobile_url"])
+    assert f"{pc.scheme}://{pc.netloc}" == settings.WECHAT_MP_BASE.rstrip("/")
+    assert f"{mobile.scheme}://{mobile.netloc}" == settings.WECHAT_OPEN_BASE.rstrip("/")
+    assert (pc.path, mobile.path) == ("/cgi-bin/componentloginpage", "/wxaopen/safe/bindcomponent")
+    assert _query_of(body["url"])["category_id_list"] == ["11|18"]
+    assert _query_of(body["mobile_url"])["category_id_list"] == ["11|18"]
+    assert _query_of(body["url"])["pre_auth_code"] == _query_of(body["mobile_url"])["pre_auth_code"]
+
+
+@pytest.mark.django_db
+def test_links_without_sets_ask_for_everything(ticket, api_client):
+    body = api_client.post("/api/v1/authorization-links/").json()
+    assert "category_id_list" not in _query_of(body["url"])
+    assert "category_id_list" not in _query_of(body["mobile_url"])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("payload", [{"category_id_list": "11"}, {"category_id_list": [0]}, {"category_id_list": [True]}])
+def test_api_refuses_malformed_set_lists_without_calling_wechat(ticket, api_client, component, payload):
+    response = api_client.post("/api/v1/authorization-links/", payload, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "invalid"
+    assert sim_count(component, "api_create_preauthcode") == 0
+
+
+@pytest.mark.django_db
+def test_api_refuses_unknown_sets_without_calling_wechat(ticket, api_client, component):
+    response = api_client.post("/api/v1/authorization-links/", {"category_id_list": [11, 4242]}, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "unknown_permission_set"
+    assert "4242" in response.json()["detail"]
+    assert sim_count(component, "api_create_preauthcode") == 0
+
+
+@pytest.mark.django_db
+def test_authorization_link_command_asks_for_sets(ticket, tenant):
+    for flag in ("11", "11|18", "11,18"):
+        out, _ = run_command("authorization_link", tenant.slug, "--mobile", "--category-id-list", flag)
+        expected = "11" if flag == "11" else "11|18"
+        assert _query_of(last_line(out))["category_id_list"] == [expected]
+    with pytest.raises(CommandError, match="permission-set ids"):
+        run_command("authorization_link", tenant.slug, "--category-id-list", "eleven")
+    with pytest.raises(CommandError, match="unknown permission-set ids"):
+        run_command("authorization_link", tenant.slug, "--category-id-list", "4242")
+
+
+@pytest.mark.django_db
+def test_a_merchant_following_a_mobile_link_for_set_11_grants_only_set_11(ticket, api_client, client, tenant):
+    body = api_client.post("/api/v1/authorization-links/", {"category_id_list": [11]}, format="json").json()
+
+    page = requests.get(body["mobile_url"], timeout=10)
+    assert page.status_code == 200
+    assert re.findall(r"name='func' value='(\d+)'", page.text) == ["11"]  # the only set offered
+    # the administrator confirms (a set the link did not ask for cannot be ticked on the real page)
+    confirm = requests.post(body["mobile_url"], data={"appid": "wxmobile00000001", "func": ["11", "1"]},
+                            allow_redirects=False, timeout=10)
+    assert confirm.status_code == 302
+    back = urlsplit(confirm.headers["Location"])
+    landing = client.get(back.path, parse_qs(back.query))
+
+    assert landing.status_code == 200, landing.content[:500]
+    authorizer = Authorizer.objects.get(appid="wxmobile00000001")
+    assert authorizer.tenant == tenant and authorizer.func_info == [11] and authorizer.can_upload_images

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 from datetime import timedelta
+from html import unescape
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.conf import settings as django_settings
@@ -408,10 +410,14 @@ def test_api_key_admin_creates_a_key_and_shows_it_once(admin_client, tenant):
         ("get", "/api/v1/authorizers/?status=%00&appid=%FF", {}, 200, None),  # matches nothing
         ("post", "/api/v1/authorizers/", {"data": {"appid": "x"}, "format": "json"}, 405, "method_not_allowed"),
         ("delete", "/api/v1/authorizers/", {}, 405, "method_not_allowed"),
-        # the link endpoint takes no body, so it never parses (and never trips on) one
+        # the link endpoint takes an optional JSON (or form) body: category_id_list
         ("post", "/api/v1/authorization-links/", {"data": b"\xff\xfe{not json", "content_type": "application/json"},
-         201, None),
-        ("post", "/api/v1/authorization-links/", {"data": "<xml/>", "content_type": "text/xml"}, 201, None),
+         400, "parse_error"),
+        ("post", "/api/v1/authorization-links/", {"data": "<xml/>", "content_type": "text/xml"}, 415,
+         "unsupported_media_type"),
+        ("post", "/api/v1/authorization-links/", {"data": {"category_id_list": [11, 999]}, "format": "json"}, 400,
+         "unknown_permission_set"),
+        ("post", "/api/v1/authorization-links/", {"data": {"category_id_list": [11]}, "format": "json"}, 201, None),
         ("put", "/api/v1/authorization-links/", {}, 405, "method_not_allowed"),
     ],
 )
@@ -425,3 +431,38 @@ def test_odd_api_requests_get_their_exact_answer_never_a_5xx(api_client, ticket,
         assert body == {"count": 0, "next": None, "previous": None, "results": []}
     else:
         assert set(body) == {"url", "mobile_url", "expires_at"}
+
+
+def test_admin_action_links_for_chosen_permission_sets(admin_client, onboarded, component):
+    tenant, _ = onboarded
+    # first the operator ticks the sets: the upload sets are ticked already
+    form = _action(admin_client, "tenants/tenant", "make_authorization_link_for_sets", [tenant.pk])
+    assert form.status_code == 200
+    page = form.content.decode()
+    assert re.findall(r'name="category_id" value="(\d+)" checked', page) == ["11", "18"]
+    assert sim_count(component, "api_create_preauthcode") == 0
+
+    done = admin_client.post(
+        "/admin/tenants/tenant/",
+        {"action": "make_authorization_link_for_sets", "_selected_action": [tenant.pk], "apply": "1",
+         "category_id": ["11"]},
+        follow=True,
+    )
+
+    assert done.status_code == 200
+    links = re.findall(r'href="([^"]+)"', done.content.decode())
+    pc = [unescape(u) for u in links if "componentloginpage" in u]
+    mobile = [unescape(u) for u in links if "wxaopen/safe/bindcomponent" in u]
+    assert len(pc) == len(mobile) == 1
+    for url in pc + mobile:
+        assert parse_qs(urlsplit(url).query)["category_id_list"] == ["11"]
+    assert sim_count(component, "api_create_preauthcode") == 1
+
+
+def test_admin_action_token_leaked_says_what_it_can_and_cannot_do(admin_client, onboarded, component):
+    _, authorizer = onboarded
+    before = Authorizer.objects.get(pk=authorizer.pk).token_generation
+    response = _action(admin_client, "tenants/authorizer", "replace_leaked_token", [authorizer.pk])
+    assert response.status_code == 200
+    assert b"cannot cut the previous token off" in response.content  # component mode: it lapses on its own
+    assert Authorizer.objects.get(pk=authorizer.pk).token_generation == before + 1

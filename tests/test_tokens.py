@@ -82,6 +82,7 @@ def _child_env(simulator) -> dict[str, str]:
         DATABASE_URL=f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         WECHAT_API_BASE=simulator.url,
         WECHAT_MP_BASE=simulator.url,
+        WECHAT_OPEN_BASE=simulator.url,
         WECHAT_HTTP_MAX_RETRIES="1",
         PYTHONPATH=str(ROOT),
     )

@@ -315,6 +315,7 @@ def celery_worker(
         "CELERY_BROKER_URL": worker_broker.url,
         "WECHAT_API_BASE": simulator_server.url,
         "WECHAT_MP_BASE": simulator_server.url,
+        "WECHAT_OPEN_BASE": simulator_server.url,
     }
     with app_broker(worker_broker.url):
         from openplatform.celery import app

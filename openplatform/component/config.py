@@ -18,6 +18,7 @@ class ComponentConfig:
     aes_key: str
     api_base: str
     mp_base: str
+    open_base: str
     public_base_url: str
     http_timeout: float
     http_max_retries: int
@@ -43,6 +44,7 @@ def component_config() -> ComponentConfig:
         aes_key=settings.WECHAT_COMPONENT_AES_KEY,
         api_base=settings.WECHAT_API_BASE,
         mp_base=settings.WECHAT_MP_BASE,
+        open_base=settings.WECHAT_OPEN_BASE,
         public_base_url=settings.PUBLIC_BASE_URL,
         http_timeout=settings.WECHAT_HTTP_TIMEOUT,
         http_max_retries=settings.WECHAT_HTTP_MAX_RETRIES,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlencode
@@ -19,7 +20,9 @@ from openplatform.component.api import component_api
 from openplatform.component.config import component_config
 from openplatform.wechat.client import AuthorizationInfo
 from openplatform.wechat.errors import AuthCodeInvalid, error_for
-from tenants.errors import AuthorizerBoundElsewhere, InvalidState
+from openplatform.wechat.links import mobile_authorization_url, pc_authorization_url
+from openplatform.wechat.permissions import PERMISSION_SET_NAMES
+from tenants.errors import AuthorizerBoundElsewhere, InvalidState, UnknownPermissionSet
 from tenants.models import AuthCodeExchange, Authorizer, Tenant
 from tenants.signals import authorizer_status_changed
 
@@ -52,25 +55,42 @@ def authorization_state_verify(*, state: str) -> Tenant:
     return tenant
 
 
-def authorization_link_create(*, tenant: Tenant, auth_type: int = 3, biz_appid: str = "") -> AuthorizationLink:
-    """A fresh pre_auth_code and the PC and mobile authorization URLs for it (docs/wechat-protocol.md §5)."""
+def authorization_link_create(
+    *, tenant: Tenant, auth_type: int = 3, biz_appid: str = "", category_id_list: Sequence[int] = ()
+) -> AuthorizationLink:
+    """A fresh pre_auth_code and the PC and mobile authorization URLs for it (docs/wechat-protocol.md §5).
+
+    `category_id_list`: the permission sets to ask for (e.g. [11] for uploads to an Official Account);
+    empty asks for every set the platform has. Unknown ids are refused before WeChat is called.
+    """
+    category_id_list = authorization_categories_check(category_id_list)
     config = component_config()
     pre = component_api(config=config).pre_auth_code()
     redirect_uri = config.authorized_redirect_url + "?" + urlencode({"state": authorization_state_make(tenant=tenant)})
-    params = {
+    common = {
         "component_appid": config.appid,
         "pre_auth_code": pre.pre_auth_code,
         "redirect_uri": redirect_uri,
         "auth_type": auth_type,
+        "biz_appid": biz_appid or None,
+        "category_id_list": category_id_list,
     }
-    if biz_appid:
-        params["biz_appid"] = biz_appid
-    base = config.mp_base.rstrip("/")
-    url = f"{base}/cgi-bin/componentloginpage?{urlencode(params)}"
-    mobile_params = {"action": "bindcomponent", "no_scan": 1, **params}
-    mobile_url = f"{base}/safe/bindcomponent?{urlencode(mobile_params)}#wechat_redirect"
     expires_in = min(pre.expires_in, int(STATE_MAX_AGE.total_seconds()))
-    return AuthorizationLink(url=url, mobile_url=mobile_url, expires_at=timezone.now() + timedelta(seconds=expires_in))
+    return AuthorizationLink(
+        url=pc_authorization_url(mp_base=config.mp_base.rstrip("/"), **common),
+        mobile_url=mobile_authorization_url(open_base=config.open_base.rstrip("/"), **common),
+        expires_at=timezone.now() + timedelta(seconds=expires_in),
+    )
+
+
+def authorization_categories_check(category_id_list: Sequence[int]) -> list[int]:
+    """The permission-set ids, deduplicated, each a set WeChat publishes; UnknownPermissionSet otherwise."""
+    ids = list(dict.fromkeys(category_id_list))
+    unknown = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or i not in PERMISSION_SET_NAMES]
+    if unknown:
+        raise UnknownPermissionSet(f"unknown permission-set ids: {unknown!r} (see GET /api/v1/authorizers/ "
+                                   "for the sets accounts hold)")
+    return ids
 
 
 def _code_hash(code: str) -> str:
