@@ -14,6 +14,7 @@ from openplatform.component.token import component_access_token_refresh_ahead
 from openplatform.core.tokens import SCHEDULED_REFRESH_WINDOW
 from openplatform.wechat.errors import WeChatError
 from tenants.events import component_event_process, component_events_sweep
+from tenants.messages import release_check_api_answer
 from tenants.services.reconcile import (
     authorizer_ids_due_for_refresh,
     authorizers_reconcile,
@@ -34,6 +35,12 @@ def process_component_event(event_id: int) -> None:
         component_event_process(event_id=event_id, may_retry=not request.called_directly and request.retries < 5)
     except WeChatError as exc:  # retryable, with retries left: soon, with backoff
         raise process_component_event.retry(countdown=2**request.retries) from exc
+
+
+@shared_task(name="tenants.answer_release_check", acks_late=True, max_retries=3)
+def answer_release_check(appid: str, openid: str, code_ciphertext: str, content: str) -> None:
+    """WeChat's release check, API step: exchange the test account's code and send the answer."""
+    release_check_api_answer(appid=appid, openid=openid, code_ciphertext=code_ciphertext, content=content)
 
 
 @shared_task(name="tenants.sweep_component_events")

@@ -25,6 +25,7 @@ from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCr
 from openplatform.wechat.errors import AuthCodeExpired, AuthCodeInvalid, WeChatError
 from tenants.errors import TenantsError
 from tenants.events import component_push_receive
+from tenants.messages import authorizer_message_receive
 from tenants.services.authorization import authorization_code_exchange, authorization_state_verify
 
 logger = logging.getLogger(__name__)
@@ -87,16 +88,15 @@ def component_events(request: HttpRequest) -> HttpResponse:
 @csrf_exempt
 @require_POST
 def authorizer_events(request: HttpRequest, appid: str) -> HttpResponse:
-    """POST /wechat/authorizers/<appid>/events/ — messages on behalf of an account; acknowledged."""
+    """POST /wechat/authorizers/<appid>/events/ — messages on behalf of an account (tenants/messages.py):
+    acknowledged, except WeChat's release-check messages, which get their answers."""
     fields = _read_verified(request)
     if isinstance(fields, HttpResponse):
         return fields
-    logger.info(
-        "authorizer message acknowledged",
-        extra={"authorizer_appid": appid[:64], "msg_type": fields.get("MsgType", "")[:32],
-               "event": fields.get("Event", "")[:64]},
+    answer = authorizer_message_receive(
+        appid=appid[:64], fields=fields, timestamp=request.GET.get("timestamp", ""), nonce=request.GET.get("nonce", "")
     )
-    return _plain("success")
+    return HttpResponse(answer.body, content_type=answer.content_type)
 
 
 @require_GET
