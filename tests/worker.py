@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from kombu import pools as kombu_pools
 
 ROOT = Path(__file__).resolve().parent.parent
 CELERY = Path(sys.executable).with_name("celery")
@@ -223,8 +224,10 @@ def app_broker(url: str) -> Iterator[None]:
     from openplatform.celery import app
 
     def reset_pools() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
+        # kombu keeps pools in a process-wide registry keyed by broker URL: closing only the app's pool
+        # would leave that closed pool registered, and the next switch back to its URL would get it
+        # again ("Acquire on closed pool"). Close and forget them all.
+        kombu_pools.reset()
         app._pool = None
         amqp = app.__dict__.get("amqp")
         if amqp is not None:
