@@ -41,7 +41,7 @@ class UploadSerializer(serializers.ModelSerializer):
         fields = [
             "id", "status", "authorizer_appid", "url", "errcode", "errmsg", "permission_check", "attempts",
             "size", "original_size", "fitted", "content_type", "width", "height", "sha256",
-            "created_at", "started_at", "finished_at",
+            "created_at", "started_at", "finished_at", "reused_from",
         ]
         read_only_fields = fields
 
@@ -53,6 +53,12 @@ class UploadCreateSerializer(serializers.Serializer):
         required=False, default=False,
         help_text="Recompress or downscale a valid JPEG/PNG over 1 MB until it fits (PNG keeps transparency; "
         "orientation is applied and metadata stripped). The record keeps both sizes.",
+    )
+    dedupe = serializers.BooleanField(
+        required=False, default=True,
+        help_text="If these bytes (after `fit`) already succeeded for this account within the dedupe window "
+        "(30 days by default), the upload succeeds at once with that `url` and no WeChat call (`reused_from` "
+        "names the earlier upload). `false` forces a fresh upload. Also accepted as a query parameter.",
     )
 
 
@@ -105,9 +111,13 @@ class UploadListCreateApi(ListAPIView):
     @extend_schema(
         summary="Upload an image for one of your WeChat accounts",
         description="Accepted uploads are sent to WeChat's media/uploadimg by a worker; poll the upload "
-        "until `status` is final (`succeeded`, `failed` or `rejected`).\n" + _ERROR_CODES_DOC,
+        "until `status` is final (`succeeded`, `failed` or `rejected`), or receive the `upload.*` webhook. "
+        "A repeat of bytes that already succeeded for the account is `succeeded` in this answer "
+        "(see `dedupe`).\n" + _ERROR_CODES_DOC,
         request={"multipart/form-data": UploadCreateSerializer},
         parameters=[
+            OpenApiParameter("dedupe", OpenApiTypes.BOOL, required=False,
+                             description="`false`: never reuse an earlier upload's URL (same as the form field)."),
             OpenApiParameter(
                 "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
                 description="Any unique string (max 255). Repeating a request with the same key returns the "
@@ -132,6 +142,7 @@ class UploadListCreateApi(ListAPIView):
                     "attempts": 0, "size": 48213, "original_size": 48213, "fitted": False,
                     "content_type": "image/png", "width": 640, "height": 480,
                     "sha256": "9f2c…", "created_at": "2026-11-25T10:00:00Z", "started_at": None, "finished_at": None,
+                    "reused_from": None,
                 },
             ),
             OpenApiExample("Too large", response_only=True, status_codes=["413"],
@@ -159,6 +170,9 @@ class UploadListCreateApi(ListAPIView):
         fit_raw = str(request.data.get("fit", "false")).lower()
         if fit_raw not in ("true", "false", "1", "0", ""):
             raise ApiError("invalid", "fit must be true or false")
+        dedupe_raw = str(request.data.get("dedupe", request.query_params.get("dedupe", "true"))).lower()
+        if dedupe_raw not in ("true", "false", "1", "0", ""):
+            raise ApiError("invalid", "dedupe must be true or false")
         idempotency_key = request.headers.get("Idempotency-Key", "").strip()
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise ApiError("invalid_idempotency_key", "Idempotency-Key is at most 255 characters.")
@@ -174,6 +188,7 @@ class UploadListCreateApi(ListAPIView):
                 fit=fit_raw in ("true", "1"),
                 idempotency_key=idempotency_key,
                 api_key=principal.api_key,
+                dedupe=dedupe_raw not in ("false", "0"),
             )
         except UploadRefused as exc:
             raise ApiError(exc.code, exc.detail, status_code=exc.status_code) from None

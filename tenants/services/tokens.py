@@ -21,6 +21,7 @@ from openplatform.core.tokens import ON_DEMAND_REFRESH_MARGIN, TokenLease
 from openplatform.wechat.errors import NotAuthorized, RefreshTokenInvalid, WeChatError
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
+from tenants.services.events import REAUTHORIZATION_REQUIRED, authorizer_event_record
 from tenants.signals import authorizer_status_changed
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def authorizer_access_token_refresh(
             row.wipe_tokens()
             row.last_error, row.last_error_at = reauthorize_reason, timezone.now()
             row.save()
+            authorizer_event_record(authorizer=row, event_type=REAUTHORIZATION_REQUIRED)
         except WeChatError as exc:
             error = exc
         else:

@@ -43,6 +43,7 @@ from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
 from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh
 from uploads.models import Upload, UploadAttempt, UploadBlob
+from uploads.services.events import upload_event_record, uploads_events_record
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,8 @@ def _write_if_still_ours(run: _Run, values: dict) -> int:
             ).update(**values)
             if written:
                 _flush_attempts(run)
+                if values.get("status") in Upload.FINAL_STATUSES:  # the webhook outbox, same transaction
+                    upload_event_record(upload=run.upload)
     except DatabaseError:
         for attempt in pending:  # rolled back: still to be written, with new ids
             attempt.pk = None
@@ -379,8 +382,14 @@ def upload_retry(*, upload: Upload) -> Upload:
 
 
 def uploads_reject_for_authorizer(*, authorizer_id: int, reason: str) -> int:
-    """Queued uploads of a revoked authorizer become `rejected` (never sent)."""
+    """Queued uploads of a revoked authorizer become `rejected` (never sent), each with its webhook event."""
     now = timezone.now()
-    return Upload.objects.filter(authorizer_id=authorizer_id, status=Upload.Status.QUEUED).update(
-        status=Upload.Status.REJECTED, errmsg=reason, finished_at=now, next_attempt_at=None, updated_at=now
-    )
+    with transaction.atomic():
+        ids = list(Upload.objects.filter(authorizer_id=authorizer_id, status=Upload.Status.QUEUED).values_list("pk", flat=True))
+        count = Upload.objects.filter(pk__in=ids, status=Upload.Status.QUEUED).update(
+            status=Upload.Status.REJECTED, errmsg=reason, finished_at=now, next_attempt_at=None, updated_at=now
+        )
+        # Those this update rejected (a worker may have claimed one in between), their events with them.
+        uploads_events_record(uploads=Upload.objects.select_related("authorizer").filter(
+            pk__in=ids, status=Upload.Status.REJECTED, finished_at=now))
+    return count
