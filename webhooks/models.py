@@ -86,12 +86,16 @@ class WebhookEvent(models.Model):
     #: The object as the merchant API shows it (an upload, an authorizer).
     data = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
+    #: When its deliveries (one per subscribed endpoint) were created; null: not yet (the sweeper's cue).
+    dispatched_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["tenant", "-created_at"], name="webhook_event_tenant_newest"),
             models.Index(fields=["created_at"], name="webhook_event_created_idx"),
+            models.Index(fields=["created_at"], condition=models.Q(dispatched_at__isnull=True),
+                         name="webhook_event_undispatched"),
         ]
 
     def __str__(self) -> str:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from webhooks.config import webhook_config
 from webhooks.models import WebhookDelivery, WebhookEvent
 from webhooks.services.delivery import LEASE, webhook_delivery_attempt
+from webhooks.services.events import webhook_event_dispatch
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,23 @@ def deliver_webhook(self, delivery_id: int) -> str:
     return outcome.status
 
 
+@shared_task(name="webhooks.dispatch_event", acks_late=True, reject_on_worker_lost=True)
+def dispatch_webhook_event(event_id: str) -> int:
+    return len(webhook_event_dispatch(event_id=event_id))
+
+
 @shared_task(name="webhooks.sweep_deliveries")
 def sweep_webhook_deliveries() -> int:
-    """Beat: enqueue pending deliveries past due (lost messages, long backoffs) and expired leases."""
+    """Beat: dispatch events whose message was lost, enqueue pending deliveries past due (lost
+    messages, long backoffs) and those whose run's lease ran out."""
     now = timezone.now()
+    undispatched = WebhookEvent.objects.filter(
+        dispatched_at__isnull=True, created_at__lt=now - STUCK_AFTER
+    ).order_by("created_at").values_list("pk", flat=True)[:SWEEP_BATCH]
+    events = 0
+    for pk in undispatched:
+        dispatch_webhook_event.delay(str(pk))
+        events += 1
     due = WebhookDelivery.objects.filter(
         Q(status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=now - STUCK_AFTER, lease_until__isnull=True)
         | Q(status=WebhookDelivery.Status.PENDING, lease_until__lt=now)
@@ -59,9 +73,9 @@ def sweep_webhook_deliveries() -> int:
     for pk in due:
         deliver_webhook.delay(pk)
         count += 1
-    if count:
-        logger.info("enqueued %d webhook deliveries past due", count)
-    return count
+    if count or events:
+        logger.info("enqueued %d webhook deliveries past due and %d undispatched events", count, events)
+    return count + events
 
 
 @shared_task(name="webhooks.purge_old_events")

@@ -7,7 +7,12 @@ from webhooks.services.endpoints import (
     webhook_endpoint_enable,
     webhook_endpoint_rotate_secret,
 )
-from webhooks.services.events import webhook_event_record, webhook_events_record, webhook_test_event_send
+from webhooks.services.events import (
+    webhook_event_dispatch,
+    webhook_event_record,
+    webhook_events_record,
+    webhook_test_event_send,
+)
 
 __all__ = [
     "webhook_delivery_attempt",
@@ -16,6 +21,7 @@ __all__ = [
     "webhook_endpoint_delete",
     "webhook_endpoint_enable",
     "webhook_endpoint_rotate_secret",
+    "webhook_event_dispatch",
     "webhook_event_record",
     "webhook_events_record",
     "webhook_test_event_send",
