@@ -5,11 +5,10 @@ metadata service, the database, an admin page on localhost. The rules:
 
 - `https://` only; plain `http://` when DEBUG is on or every address of the host is allow-listed.
 - The host is resolved at every delivery (not only when the endpoint is created: DNS can change, and
-  a name may answer differently each time), every address it resolves to must be public (not
-  loopback, private, link-local, multicast, reserved, unspecified, shared, or a cloud metadata
-  address; IPv6 forms that embed an IPv4 address are judged by it), unless it is inside
-  WEBHOOK_ALLOWED_NETWORKS.
-- The delivery then connects to the address that was checked (transport.py), never resolving again.
+  a name may answer differently each time). An address is refused when it is loopback, private,
+  link-local, multicast, reserved, unspecified, shared or a cloud metadata address (IPv6 forms that
+  embed an IPv4 address are judged by it), unless it is inside WEBHOOK_ALLOWED_NETWORKS.
+- The delivery then connects to an address that passed (transport.py), never resolving again.
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
 
 def address_refusal(address: IPAddress, *, allowed: Sequence[IPNetwork] = ()) -> str | None:
     """Why a webhook may not be sent to `address` (None: it may). The allow-list wins over every rule."""
-    if any(address in network for network in allowed if network.version == address.version):
+    if _in(address, allowed):
         return None
     if address in METADATA_ADDRESSES:
         return f"{address} is a cloud metadata address"
@@ -129,16 +128,24 @@ def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
 def url_check(url: str, *, allowed: Sequence[IPNetwork] = (), allow_plain_http: bool = False) -> Target:
     """Resolve and check `url`; the Target to connect to, or WebhookRefused.
 
-    Every address the name resolves to must pass, not just one: with a mix, which one a client picks
-    is not ours to choose, and a name that sometimes answers 127.0.0.1 is refused every time.
+    Only the addresses that pass are kept, and the delivery connects to the first of them (never to
+    another the name might resolve to later), so a name that answers both a public address and
+    127.0.0.1 can only ever reach the public one. None passing: refused, with the reasons.
     """
     scheme, host, port, path = _split(url)
-    addresses = _resolve(host, port)
-    for address in addresses:
-        reason = address_refusal(address, allowed=allowed)
-        if reason:
-            raise WebhookRefused("url_not_allowed", f"{host} resolves to {reason}; webhooks are not sent there.")
+    resolved = _resolve(host, port)
+    refusals = {address: address_refusal(address, allowed=allowed) for address in resolved}
+    addresses = tuple(a for a in resolved if refusals[a] is None)
+    if not addresses:
+        reasons = "; ".join(dict.fromkeys(r for r in refusals.values() if r))
+        raise WebhookRefused("url_not_allowed", f"{host} resolves to {reasons}: webhooks are not sent there.")
     if scheme == "http" and not allow_plain_http:
-        if not all(any(a in n for n in allowed if n.version == a.version) for a in addresses):
+        # Plain http only where the provider said so: the allow-listed networks (local runs, staging).
+        addresses = tuple(a for a in addresses if _in(a, allowed))
+        if not addresses:
             raise WebhookRefused("insecure_url", "Use an https:// URL (plain http is accepted only for allow-listed networks).")
     return Target(scheme=scheme, host=host, port=port, path=path, addresses=addresses)
+
+
+def _in(address: IPAddress, networks: Sequence[IPNetwork]) -> bool:
+    return any(address in network for network in networks if network.version == address.version)
