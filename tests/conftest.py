@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["openplatform.wechat.simulator.testing", "tests.fixtures"]
+pytest_plugins = ["openplatform.wechat.simulator.testing", "tests.fixtures", "tests.webhook_receiver"]
 
 IN_CI = os.environ.get("CI") == "true"
 

@@ -30,6 +30,8 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.status = 200
+        #: Seconds to wait after reading a request, before answering.
+        self.delay = 0.0
         self.answer = b"ok"
         self.port = 0
         self._lock = threading.Lock()
@@ -47,7 +49,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver._lock:
                     receiver.received.append(Received(self.path, dict(self.headers.items()), body))
-                    status, answer = receiver.status, receiver.answer
+                    status, answer, delay = receiver.status, receiver.answer, receiver.delay
+                if delay:
+                    time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()

@@ -60,13 +60,18 @@ def webhook_event_dispatch(*, event_id) -> list[int]:
     """
     from webhooks.tasks import deliver_webhook
 
-    event = WebhookEvent.objects.filter(pk=event_id).only("pk", "tenant_id", "type", "dispatched_at").first()
+    event = (WebhookEvent.objects.filter(pk=event_id)
+             .only("pk", "tenant_id", "type", "created_at", "dispatched_at").first())
     if event is None:
         return []
     now = timezone.now()
     with transaction.atomic():
         if event.dispatched_at is None:
-            endpoints = WebhookEndpoint.objects.filter(tenant_id=event.tenant_id, enabled=True).only("pk", "events")
+            # Endpoints added after the event do not get it (a dispatch delayed by a broker outage
+            # must not send them history); the catch-up API has it.
+            endpoints = WebhookEndpoint.objects.filter(
+                tenant_id=event.tenant_id, enabled=True, created_at__lte=event.created_at
+            ).only("pk", "events")
             WebhookDelivery.objects.bulk_create(
                 [WebhookDelivery(event_id=event.pk, endpoint_id=endpoint.pk, next_attempt_at=now,
                                  window_started_at=now, created_at=now)
