@@ -35,6 +35,10 @@ class PermissionCheckSerializer(serializers.Serializer):
 class UploadSerializer(serializers.ModelSerializer):
     authorizer_appid = serializers.CharField(source="authorizer.appid")
     permission_check = PermissionCheckSerializer()
+    reused_from = serializers.UUIDField(
+        source="reused_from_id", allow_null=True,
+        help_text="Set when these bytes had already succeeded for this account: the earlier upload whose "
+        "`url` this one reuses (no WeChat call was made).")
 
     class Meta:
         model = Upload

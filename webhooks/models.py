@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.utils import timezone
 
@@ -84,7 +85,7 @@ class WebhookEvent(models.Model):
     tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="webhook_events")
     type = models.CharField(max_length=64)
     #: The object as the merchant API shows it (an upload, an authorizer).
-    data = models.JSONField(default=dict)
+    data = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
     created_at = models.DateTimeField(default=timezone.now)
     #: When its deliveries (one per subscribed endpoint) were created; null: not yet (the sweeper's cue).
     dispatched_at = models.DateTimeField(null=True, blank=True)
