@@ -13,7 +13,6 @@ import ipaddress
 import re
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -22,6 +21,7 @@ from django.utils import timezone
 from tenants.models import Authorizer
 from tenants.services.authorization import authorizer_revoke
 from tests.fixtures import expire_access_token, image_bytes
+from tests.webhook_receiver import add_endpoint, readme_verify
 from uploads.models import Upload
 from uploads.services.process import upload_process, uploads_reject_for_authorizer
 from webhooks.config import parse_networks
@@ -31,28 +31,10 @@ from webhooks.services import webhook_delivery_attempt, webhook_event_dispatch
 from webhooks.services.delivery import retry_delay
 from webhooks.tasks import purge_old_webhook_events
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 UPLOADIMG = "/cgi-bin/media/uploadimg"
 
 
 # -- helpers --------------------------------------------------------------------------------------------------
-
-
-def readme_verify():
-    """The README's verification snippet, executed as a merchant would paste it."""
-    block = re.search(r"```python\n(.*?def verify_webhook.*?)```", README.read_text(), re.S)
-    assert block, "the README has no verify_webhook snippet"
-    code = block.group(1)
-    assert len(code.strip().splitlines()) <= 10
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    return namespace["verify_webhook"]
-
-
-def add_endpoint(client, url: str, events=("*",)) -> dict:
-    response = client.post("/api/v1/webhook-endpoints/", {"url": url, "events": list(events)}, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
 
 
 def run_outbox() -> list[str]:

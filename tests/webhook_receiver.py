@@ -7,12 +7,34 @@ the port (connections are refused, as when a receiver is down) and `start()` ope
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_verify():
+    """The README's verification snippet, executed as a merchant would paste it."""
+    block = re.search(r"```python\n(.*?def verify_webhook.*?)```", README.read_text(), re.S)
+    assert block, "the README has no verify_webhook snippet"
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 10
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace["verify_webhook"]
+
+
+def add_endpoint(client, url: str, events=("*",)) -> dict:
+    """An endpoint added through the merchant API: its JSON, with the secret shown once."""
+    response = client.post("/api/v1/webhook-endpoints/", {"url": url, "events": list(events)}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()
 
 
 @dataclass(frozen=True)
