@@ -67,6 +67,31 @@ def test_a_repeat_of_a_repeat_names_the_first_upload(api_client, authorizer, com
     assert sim_count(component, UPLOADIMG) == 1
 
 
+def test_a_repeat_accepted_while_the_first_was_queued_reuses_it_when_its_task_runs(
+    api_client, authorizer, component, django_assert_max_num_queries
+):
+    data = image_bytes("PNG", color=(19, 29, 39))
+    first = post(api_client, data, authorizer.appid)
+    second = post(api_client, data, authorizer.appid)  # the first has not been sent yet
+    fresh = post(api_client, data, authorizer.appid, dedupe="false")
+    assert first["status"] == second["status"] == fresh["status"] == "queued"
+    assert upload_process(upload_id=first["id"]).status == "succeeded"
+
+    with django_assert_max_num_queries(8):  # the task's budget: the check rides on the load
+        assert upload_process(upload_id=second["id"]).status == "succeeded"
+
+    assert sim_count(component, UPLOADIMG) == 1
+    body = api_client.get(f"/api/v1/uploads/{second['id']}/").json()
+    assert (body["reused_from"], body["url"], body["attempts"]) == (
+        first["id"], Upload.objects.get(pk=first["id"]).url, 1)
+    (attempt,) = UploadAttempt.objects.filter(upload_id=second["id"])
+    assert (attempt.outcome, str(attempt.reused_upload_id)) == ("reused", first["id"])
+    assert WebhookEvent.objects.get(type="upload.succeeded", data__id=second["id"]).data == body
+    # `dedupe=false` is honoured by the task too
+    assert upload_process(upload_id=fresh["id"]).status == "succeeded"
+    assert sim_count(component, UPLOADIMG) == 2
+
+
 @pytest.mark.parametrize("where", ["form", "query"])
 def test_dedupe_false_forces_a_fresh_upload(api_client, authorizer, component, where):
     data = image_bytes("PNG", color=(12, 22, 32))

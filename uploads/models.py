@@ -67,6 +67,8 @@ class Upload(models.Model):
     #: While `uploading`, the worker owns it until then; past it, another worker may take over.
     lease_until = models.DateTimeField(null=True, blank=True)
     bytes_purged_at = models.DateTimeField(null=True, blank=True)
+    #: False: the request said `dedupe=false`, always send it to WeChat.
+    dedupe = models.BooleanField(default=True)
     #: Same bytes as this earlier succeeded upload to the same authorizer: its URL, no WeChat call.
     reused_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)

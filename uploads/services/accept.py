@@ -93,6 +93,7 @@ def upload_create(
         width=image.width,
         height=image.height,
         next_attempt_at=timezone.now(),
+        dedupe=dedupe,
     )
     if original is not None:
         upload_reuse_apply(upload=upload, original=original, authorizer=authorizer)

@@ -5,9 +5,13 @@ bytes, no WeChat call. The lookup is one indexed query (authorizer, sha256, stat
 the bytes as they would be sent (after `fit`). Never across authorizers: the lookup is keyed by the
 authorizer, as the quota and the merchant's records are.
 
+Checked once more by the task, before it sends: an upload accepted while the first one of the same
+bytes was still queued (a batch) reuses its URL if that one has succeeded by then. That check rides on
+the query that loads the upload (`with_reusable`), so the task runs no extra query. Two identical
+uploads sent at the same moment are both sent: neither waits for the other.
+
 Only for an authorizer that may upload now (authorized, with an upload permission set): a reuse must
-not succeed where a fresh upload would be rejected. Two identical uploads accepted while neither has
-succeeded yet are both sent (the second is not held back waiting for the first).
+not succeed where a fresh upload would be rejected. `dedupe=false` on the request turns both off.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import CharField, OuterRef, QuerySet, Subquery, UUIDField, Value
 from django.utils import timezone
 
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF
@@ -50,6 +55,25 @@ def upload_reusable_find(*, authorizer: Authorizer, sha256: str) -> Reusable | N
     if row is None:
         return None
     return Reusable(upload_id=row["reused_from_id"] or row["pk"], url=row["url"])
+
+
+def with_reusable(uploads: QuerySet[Upload]) -> QuerySet[Upload]:
+    """Annotate each upload with the newest other succeeded upload of its bytes to its authorizer within
+    the window: `reusable_id`, `reusable_root_id` (what that one reused, if anything), `reusable_url`."""
+    days = dedupe_days()
+    if days <= 0:
+        none = {"reusable_id": UUIDField(), "reusable_root_id": UUIDField(), "reusable_url": CharField()}
+        return uploads.annotate(**{name: Value(None, output_field=field) for name, field in none.items()})
+    earlier = (
+        Upload.objects.filter(authorizer_id=OuterRef("authorizer_id"), sha256=OuterRef("sha256"),
+                              status=Upload.Status.SUCCEEDED, finished_at__gte=timezone.now() - timedelta(days=days))
+        .exclude(url="").exclude(pk=OuterRef("pk")).order_by("-finished_at")
+    )
+    return uploads.annotate(
+        reusable_id=Subquery(earlier.values("pk")[:1]),
+        reusable_root_id=Subquery(earlier.values("reused_from_id")[:1]),
+        reusable_url=Subquery(earlier.values("url")[:1]),
+    )
 
 
 def upload_reuse_apply(*, upload: Upload, original: Reusable, authorizer: Authorizer) -> None:
