@@ -591,3 +591,69 @@ def test_an_endpoint_added_in_the_admin_gets_a_secret_nobody_sees(admin_client, 
         "tenant": tenant.pk, "url": "https://10.0.0.1/hooks", "events": ["upload.failed"]})
     assert refused.status_code == 200 and "webhooks are not sent there" in refused.content.decode()
     assert WebhookEndpoint.objects.count() == 1
+
+
+# -- https: the connection goes to the checked address, the certificate is checked against the URL's host ----------
+
+
+def _tls_files(tmp_path) -> tuple[str, str, str]:
+    """A test CA and a certificate for `localhost` it signed: (ca.pem, cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    now = timezone.now()
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - timedelta(hours=1))
+          .not_valid_after(now + timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = [tmp_path / n for n in ("ca.pem", "cert.pem", "key.pem")]
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return tuple(str(p) for p in paths)
+
+
+def test_https_delivery_sends_sni_and_verifies_the_certificate_against_the_urls_host(
+    loopback_allowed, receiver, api_client, authorizer, make_upload, tmp_path, monkeypatch
+):
+    import ssl
+
+    ca, cert, key = _tls_files(tmp_path)
+    server_names = []
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda sock, server_name, ctx: server_names.append(server_name)
+    receiver.stop()
+    receiver.tls = context
+    receiver.start()
+    monkeypatch.setattr("webhooks.transport.CA_BUNDLE", ca)  # the test CA instead of Mozilla's
+    https = f"https://localhost:{receiver.port}/hooks"
+    add_endpoint(api_client, https, events=["upload.succeeded"])
+    add_endpoint(api_client, f"https://127.0.0.1:{receiver.port}/by-address", events=["upload.succeeded"])
+
+    succeed_upload(make_upload, authorizer)
+    outcomes = run_outbox()
+
+    assert sorted(outcomes) == ["pending", "succeeded"]
+    (received,) = receiver.received
+    assert received.path == "/hooks" and received.headers["Host"] == f"localhost:{receiver.port}"
+    assert "localhost" in server_names
+    by_address = WebhookDeliveryAttempt.objects.get(outcome="network_error")
+    assert "TLS failed" in by_address.error  # the certificate names localhost, not 127.0.0.1
+    assert str(WebhookDeliveryAttempt.objects.get(outcome="succeeded").address) == "127.0.0.1"

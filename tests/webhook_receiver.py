@@ -56,6 +56,8 @@ class Receiver:
         self.delay = 0.0
         self.answer = b"ok"
         self.port = 0
+        #: An ssl.SSLContext to serve https instead of http.
+        self.tls = None
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -84,6 +86,8 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 

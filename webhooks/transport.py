@@ -25,6 +25,9 @@ from urllib3.exceptions import (
 
 from webhooks.guard import Target
 
+#: Certificates of receivers are verified against these CAs (Mozilla's, as `requests` uses).
+CA_BUNDLE = certifi.where()
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -41,7 +44,7 @@ def _pool(target: Target, timeout: urllib3.Timeout) -> urllib3.HTTPConnectionPoo
     if target.scheme == "https":
         return urllib3.HTTPSConnectionPool(
             **common, server_hostname=target.host, assert_hostname=target.host,
-            cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(),
+            cert_reqs="CERT_REQUIRED", ca_certs=CA_BUNDLE,
         )
     return urllib3.HTTPConnectionPool(**common)
 
