@@ -285,6 +285,24 @@ def test_reauthorization_required_is_an_event(authorizer, component, api_client)
     assert newest["data"]["status"] == "reauthorization_required"
 
 
+def test_an_account_restored_by_reconciliation_or_added_directly_is_authorized(
+    tenant, authorizer, component, api_client
+):
+    from tenants.services.direct import authorizer_create_direct
+    from tenants.services.reconcile import authorizers_reconcile
+
+    Authorizer.objects.filter(pk=authorizer.pk).update(status="reauthorization_required")
+    assert authorizers_reconcile().restored == 1
+    (newest, *_) = api_client.get("/api/v1/webhook-events/").json()["results"]
+    assert (newest["type"], newest["data"]["appid"], newest["data"]["status"]) == (
+        "authorizer.authorized", authorizer.appid, "authorized")
+
+    component.register_direct_account("wxdirect00000009", "direct-secret", [11])
+    authorizer_create_direct(tenant=tenant, appid="wxdirect00000009", app_secret="direct-secret")
+    (newest, *_) = api_client.get("/api/v1/webhook-events/").json()["results"]
+    assert (newest["type"], newest["data"]["appid"]) == ("authorizer.authorized", "wxdirect00000009")
+
+
 def test_an_upload_rejected_by_the_task_is_an_event(authorizer, component, make_upload, api_client):
     upload = make_upload(authorizer)
     Authorizer.objects.filter(pk=authorizer.pk).update(status="revoked")
