@@ -54,7 +54,7 @@ class UploadAdmin(admin.ModelAdmin):
         "preview", "url", "errcode", "errmsg", "permission_required", "permission_granted", "permission_passed",
         "attempts", "sha256", "size", "original_size", "fitted", "content_type", "width", "height",
         "created_at", "started_at", "finished_at", "next_attempt_at", "lease_until", "bytes_purged_at",
-        "reused_from",
+        "dedupe", "reused_from",
     )
     exclude = ("request_fingerprint",)
 
