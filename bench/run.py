@@ -28,6 +28,7 @@ from bench.procs import CpuMeter, WebConfig, WorkerConfig, free_port, start_web,
 
 RESULTS_DIR = env.ROOT / "bench" / "results"
 COMMITTED = env.ROOT / "bench" / "RESULTS.md"
+KEPT_SECTION = "## Other benches"
 SCENARIOS = ("queries", "throughput", "latency", "single_flight", "memory", "day", "refresh")
 
 
@@ -151,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = report.document(results, machine, setup, command)
     (RESULTS_DIR / "latest.md").write_text(doc)
     if not args.quick and set(only) == set(SCENARIOS):
-        COMMITTED.write_text(doc)
+        # Sections other benches append (from KEPT_SECTION on, e.g. bench/dedupe.py's) are kept.
+        kept = COMMITTED.read_text().partition(KEPT_SECTION)
+        COMMITTED.write_text(doc + (f"\n{KEPT_SECTION}{kept[2]}" if kept[1] else ""))
     print(report.table(results))
     print()
     print("Set-up: " + "; ".join(setup) + ".")

@@ -6,6 +6,7 @@ no default: with DEBUG off, a missing SECRET_KEY or FIELD_ENCRYPTION_KEYS stops 
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -63,6 +64,7 @@ INSTALLED_APPS = [
     "openplatform.ops.apps.OpsConfig",
     "tenants.apps.TenantsConfig",
     "uploads.apps.UploadsConfig",
+    "webhooks.apps.WebhooksConfig",
 ]
 
 MIDDLEWARE = [
@@ -351,6 +353,26 @@ UPLOAD_MAX_ATTEMPTS = env.int("UPLOAD_MAX_ATTEMPTS", default=6)
 UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=2.0)
 UPLOAD_RETRY_MAX_SECONDS = env.float("UPLOAD_RETRY_MAX_SECONDS", default=60.0)
 UPLOAD_BYTES_RETENTION_DAYS = env.int("UPLOAD_BYTES_RETENTION_DAYS", default=7)
+#: An upload of bytes that already succeeded for the same authorizer within this many days reuses that
+#: URL (no WeChat call); 0 turns it off.
+UPLOAD_DEDUPE_DAYS = env.int("UPLOAD_DEDUPE_DAYS", default=30)
+
+# --- Webhooks (read through webhooks/config.py) ---
+#: CIDRs webhook URLs may resolve to although they are loopback/private (local runs, tests, staging);
+#: plain http:// is accepted for them too. Everything else must be a public address over https.
+WEBHOOK_ALLOWED_NETWORKS = env.list("WEBHOOK_ALLOWED_NETWORKS", default=[])
+for _cidr in WEBHOOK_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_cidr.strip(), strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"WEBHOOK_ALLOWED_NETWORKS: {_cidr!r} is not a CIDR ({_exc})") from None
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+#: Backoff between attempts (exponential, jittered): base and cap, in seconds.
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=30.0)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3 * 3600.0)
+#: Retries last this long (3 days); an endpoint whose deliveries all fail this long is disabled.
+WEBHOOK_RETRY_WINDOW_SECONDS = env.float("WEBHOOK_RETRY_WINDOW_SECONDS", default=3 * 86400.0)
+WEBHOOK_EVENT_RETENTION_DAYS = env.int("WEBHOOK_EVENT_RETENTION_DAYS", default=30)
 
 # --- Scheduled jobs (openplatform/ops/schedules.py; written to the beat tables on every `migrate`) ---
 #: The beat jobs refreshing the component and authorizer tokens run this often; each refreshes the tokens

@@ -11,6 +11,7 @@ api_v1 = [
     path("authorizers/", AuthorizerListApi.as_view(), name="authorizer-list"),
     path("authorization-links/", AuthorizationLinkApi.as_view(), name="authorization-link-create"),
     path("", include("uploads.urls")),
+    path("", include("webhooks.urls")),
 ]
 
 urlpatterns = [

@@ -18,6 +18,8 @@ export WECHAT_COMPONENT_APPID="${WECHAT_COMPONENT_APPID:-wxd0000000000dev01}"
 export WECHAT_COMPONENT_APPSECRET="${WECHAT_COMPONENT_APPSECRET:-dev-only-component-secret}"
 export WECHAT_COMPONENT_TOKEN="${WECHAT_COMPONENT_TOKEN:-devonlytoken}"
 export WECHAT_COMPONENT_AES_KEY="${WECHAT_COMPONENT_AES_KEY:-DevOnlyEncodingAESKeyDevOnlyEncodingAESKey0}"
+# The local run's webhooks may go to a receiver on this machine (production: public https only).
+export WEBHOOK_ALLOWED_NETWORKS="${WEBHOOK_ALLOWED_NETWORKS:-127.0.0.0/8}"
 export PYTHONUNBUFFERED=1
 
 .venv/bin/python manage.py migrate --noinput -v0

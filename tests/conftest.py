@@ -2,11 +2,14 @@ import os
 
 import pytest
 
+from tests import loopback_only
 from tests.allowed_skips import skip_allowed
 
-pytest_plugins = ["openplatform.wechat.simulator.testing", "tests.fixtures", "pytester"]
+pytest_plugins = ["openplatform.wechat.simulator.testing", "tests.fixtures", "pytester", "tests.webhook_receiver"]
 
 IN_CI = os.environ.get("CI") == "true"
+
+loopback_only.install()  # no test sends traffic beyond 127.0.0.0/8 (tests/loopback_only.py)
 
 
 def _require(reason: str) -> None:

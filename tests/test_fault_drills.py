@@ -34,6 +34,10 @@ only after a call whose outcome we could not learn:
    fault answers normally after we gave up (as WeChat does), so here: duplicates == timeouts, exactly.
    -1 and HTTP 500 are answers: nothing stored, nothing duplicated.
 
+5. Webhook receiver down for a while (drill 5): uploads succeed while the merchant's receiver refuses
+   connections; each `upload.succeeded` event is retried with backoff and delivered once it is back,
+   signed. Delivery is at-least-once: a duplicate would take a worker lost after the receiver answered.
+
 Time is compressed: a lease of LEASE_SECONDS (production: 90 s), and the sweeper (beat runs it every
 minute in production, with a 2-minute cutoff for queued uploads) is called by the test every second
 with a cutoff of STUCK_QUEUED_AFTER. Each drill prints its numbers (accepted, succeeded, duplicates,
@@ -53,9 +57,12 @@ from datetime import timedelta
 import pytest
 
 from tests.fixtures import media_file, noise_bytes, sim_count
+from tests.webhook_receiver import add_endpoint, readme_verify
 from tests.worker import terminate_worker_db_connections, wait_until
 from uploads.models import Upload, UploadAttempt
 from uploads.tasks import sweep_stuck_uploads
+from webhooks.models import WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent
+from webhooks.tasks import sweep_webhook_deliveries
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -77,6 +84,10 @@ def worker_env() -> dict[str, str]:
         "CELERY_VISIBILITY_TIMEOUT": "10",
         # A drill may cost an upload a lost run or two on top of transient failures.
         "UPLOAD_MAX_ATTEMPTS": "8",
+        # Drill 5: webhooks to a receiver on 127.0.0.1, retried every 0.5-2 s.
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "WEBHOOK_RETRY_BASE_SECONDS": "0.5",
+        "WEBHOOK_RETRY_MAX_SECONDS": "2",
     }
 
 
@@ -395,3 +406,40 @@ def test_drill_one_in_five_calls_failing(celery_worker, api_client, authorizer, 
     assert timeouts and seen and any(k.endswith("/-1") for _, k in seen) and any(k.startswith("500/") for _, k in seen)
     report(capsys, drill, rec, drain, timeouts=timeouts,
            calls=sum(seen.values()), failed_calls=sum(v for (_, k), v in seen.items() if k != "ok") + timeouts)
+
+
+def test_drill_webhook_receiver_down_for_a_while(celery_worker, api_client, authorizer, component, sweeper,
+                                                 receiver, loopback_allowed, monkeypatch, capsys):
+    """The merchant's receiver is down during a burst and for a while after: every event arrives later."""
+    monkeypatch.setattr("webhooks.tasks.STUCK_AFTER", STUCK_QUEUED_AFTER)
+    endpoint = add_endpoint(api_client, receiver.url, events=["upload.succeeded"])
+    receiver.stop()
+    down_since = time.monotonic()
+    drill = Drill("webhook receiver down", api_client, authorizer, seed=5)
+    drill.submit(30)
+    drill.drain(celery_worker, sweeper)
+    rec = reconcile(drill, component)
+    events = {str(pk) for pk in WebhookEvent.objects.filter(type="upload.succeeded").values_list("pk", flat=True)}
+    assert len(events) == len(drill.ids)
+    wait_until(lambda: WebhookDeliveryAttempt.objects.filter(outcome="network_error").count() >= 2 * len(events),
+               timeout=60, message="every delivery to fail twice")
+    time.sleep(max(0.0, 8 - (time.monotonic() - down_since)))  # down for at least 8 s
+    failed_while_down = WebhookDeliveryAttempt.objects.exclude(outcome="succeeded").count()
+    receiver.start()
+    fault_over = time.monotonic()
+
+    def all_delivered() -> bool:
+        sweep_webhook_deliveries()
+        return WebhookDelivery.objects.filter(status="succeeded").count() == len(events)
+
+    wait_until(all_delivered, timeout=DRAIN_DEADLINE, interval=1, message="every event to be delivered")
+    drain = time.monotonic() - fault_over
+    received = receiver.received
+    assert {r.event["id"] for r in received} == events  # nothing lost, nothing else
+    assert {r.event["data"]["id"] for r in received} == set(drill.ids)
+    verify = readme_verify()
+    assert all(verify(endpoint["secret"], r.body, r.headers["Webhook-Signature"]) for r in received)
+    assert not WebhookDelivery.objects.exclude(status="succeeded").exists()
+    report(capsys, drill, rec, drain, events=len(events), received=len(received),
+           webhook_duplicates=len(received) - len(events), failed_attempts_while_down=failed_while_down,
+           down_s=round(fault_over - down_since, 1))

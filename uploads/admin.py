@@ -14,8 +14,9 @@ from uploads.services.process import upload_retry
 
 class UploadAttemptInline(admin.TabularInline):
     model = UploadAttempt
+    fk_name = "upload"
     fields = ("number", "started_at", "duration_ms", "http_status", "errcode", "errmsg", "outcome",
-              "token_generation", "worker")
+              "token_generation", "worker", "reused_upload")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -54,6 +55,7 @@ class UploadAdmin(admin.ModelAdmin):
         "preview", "url", "errcode", "errmsg", "permission_required", "permission_granted", "permission_passed",
         "attempts", "sha256", "size", "original_size", "fitted", "content_type", "width", "height",
         "created_at", "started_at", "finished_at", "next_attempt_at", "lease_until", "bytes_purged_at",
+        "dedupe", "reused_from",
     )
     exclude = ("request_fingerprint",)
 

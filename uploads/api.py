@@ -53,13 +53,17 @@ class PermissionCheckSerializer(serializers.Serializer):
 class UploadSerializer(serializers.ModelSerializer):
     authorizer_appid = serializers.CharField(source="authorizer.appid")
     permission_check = PermissionCheckSerializer()
+    reused_from = serializers.UUIDField(
+        source="reused_from_id", allow_null=True,
+        help_text="Set when these bytes had already succeeded for this account: the earlier upload whose "
+        "`url` this one reuses (no WeChat call was made).")
 
     class Meta:
         model = Upload
         fields = [
             "id", "status", "authorizer_appid", "url", "errcode", "errmsg", "permission_check", "attempts",
             "size", "original_size", "fitted", "content_type", "width", "height", "sha256",
-            "created_at", "started_at", "finished_at",
+            "created_at", "started_at", "finished_at", "reused_from",
         ]
         read_only_fields = fields
 
@@ -87,6 +91,12 @@ class UploadCreateSerializer(RefusingSerializer):
         help_text="Recompress or downscale a valid JPEG/PNG over 1 MB until it fits (PNG keeps transparency; "
         "orientation is applied and metadata stripped). The record keeps both sizes.",
     )
+    dedupe = serializers.BooleanField(
+        required=False, default=True,
+        help_text="If these bytes (after `fit`) already succeeded for this account within the dedupe window "
+        "(30 days by default), the upload succeeds at once with that `url` and no WeChat call (`reused_from` "
+        "names the earlier upload). `false` forces a fresh upload. Also accepted as a query parameter.",
+    )
 
     refusals = {
         ("media", "required"): MissingMedia,
@@ -111,9 +121,12 @@ class UploadCreateSerializer(RefusingSerializer):
         return media
 
     def validate(self, attrs: dict) -> dict:
-        idempotency_key = self.context["request"].headers.get("Idempotency-Key", "").strip()
+        request = self.context["request"]
+        idempotency_key = request.headers.get("Idempotency-Key", "").strip()
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidIdempotencyKey()
+        if "dedupe" not in self.initial_data and "dedupe" in request.query_params:  # `?dedupe=false` too
+            attrs["dedupe"] = self.fields["dedupe"].run_validation(request.query_params["dedupe"])
         return {**attrs, "idempotency_key": idempotency_key}
 
 
@@ -162,9 +175,13 @@ class UploadListCreateApi(ListAPIView):
     @extend_schema(
         summary="Upload an image for one of your WeChat accounts",
         description="Accepted uploads are sent to WeChat's media/uploadimg by a worker; poll the upload "
-        "until `status` is final (`succeeded`, `failed` or `rejected`).\n\n" + refusal_table(UPLOAD_CREATE_REFUSALS),
+        "until `status` is final (`succeeded`, `failed` or `rejected`), or receive the `upload.*` webhook. "
+        "A repeat of bytes that already succeeded for the account is `succeeded` in this answer "
+        "(see `dedupe`).\n\n" + refusal_table(UPLOAD_CREATE_REFUSALS),
         request={"multipart/form-data": UploadCreateSerializer},
         parameters=[
+            OpenApiParameter("dedupe", OpenApiTypes.BOOL, required=False,
+                             description="`false`: never reuse an earlier upload's URL (same as the form field)."),
             OpenApiParameter(
                 "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
                 description="Any unique string (max 255). Repeating a request with the same key returns the "
@@ -184,6 +201,7 @@ class UploadListCreateApi(ListAPIView):
                     "attempts": 0, "size": 48213, "original_size": 48213, "fitted": False,
                     "content_type": "image/png", "width": 640, "height": 480,
                     "sha256": "9f2c…", "created_at": "2026-11-25T10:00:00Z", "started_at": None, "finished_at": None,
+                    "reused_from": None,
                 },
             ),
             OpenApiExample("Too large", response_only=True, status_codes=["413"],
@@ -202,6 +220,7 @@ class UploadListCreateApi(ListAPIView):
             fit=fields["fit"],
             idempotency_key=fields["idempotency_key"],
             api_key=request.user.api_key,
+            dedupe=fields["dedupe"],
         )
         headers = {"Location": f"/api/v1/uploads/{accepted.upload.pk}/"}
         if accepted.replayed:

@@ -111,6 +111,10 @@ class Upload(models.Model):
     #: While `uploading`, the worker owns it until then; past it, another worker may take over.
     lease_until = models.DateTimeField(null=True, blank=True)
     bytes_purged_at = models.DateTimeField(null=True, blank=True)
+    #: False: the request said `dedupe=false`, always send it to WeChat.
+    dedupe = models.BooleanField(default=True)
+    #: Same bytes as this earlier succeeded upload to the same authorizer: its URL, no WeChat call.
+    reused_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = UploadQuerySet.as_manager()
@@ -130,6 +134,7 @@ class Upload(models.Model):
             models.Index(fields=["status", "next_attempt_at"], name="upload_status_due_idx"),
             models.Index(fields=["authorizer", "status"], name="upload_authorizer_status_idx"),
             models.Index(fields=["finished_at"], name="upload_finished_idx"),
+            models.Index(fields=["authorizer", "sha256", "status"], name="upload_dedupe_idx"),
         ]
 
     def __str__(self) -> str:
@@ -168,6 +173,8 @@ class UploadAttempt(models.Model):
         FAILED = "failed", "Failed"
         #: The worker died (or hung past its lease) during this attempt; WeChat may have received it.
         LOST = "lost", "Worker lost (result unknown)"
+        #: Not sent: the same bytes already succeeded for this authorizer (`reused_upload`).
+        REUSED = "reused", "Reused an earlier upload's URL"
 
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="attempt_records")
     number = models.PositiveIntegerField()
@@ -180,6 +187,7 @@ class UploadAttempt(models.Model):
     #: Which of the authorizer's tokens was used (its generation), never the token itself.
     token_generation = models.PositiveIntegerField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
+    reused_upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         ordering = ["upload", "number"]

@@ -1,6 +1,6 @@
 """The operator's dashboard on the admin index: what happened in the last 24 hours, what needs attention.
 
-A selector: reads only, a fixed number of queries (seven) whatever the number of tenants, authorizers
+A selector: reads only, a fixed number of queries (eight) whatever the number of tenants, authorizers
 and uploads. Every figure links into the admin changelist filtered to the rows behind it.
 
 Like `urls.py`, this sits on top of every app (it reads tenants and uploads); nothing imports it but
@@ -24,6 +24,8 @@ from openplatform.wechat.errors import ERRCODE_MEANINGS
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images
 from tenants.models import Authorizer
 from uploads.models import Upload
+from webhooks.models import WebhookDelivery, WebhookEndpoint
+from webhooks.selectors import webhook_endpoints_needing_attention
 
 WINDOW = timedelta(hours=24)
 #: An authorizer revoked within this long is still worth an operator's look (was it on purpose?).
@@ -111,6 +113,8 @@ class Dashboard:
     ticket: TicketState
     attention: list[AttentionGroup]
     all_uploads_url: str
+    #: Disabled webhook endpoints and endpoints with deliveries failed (retries over) in the window.
+    webhooks: AttentionGroup | None = None
 
     @property
     def success_percent(self) -> float | None:
@@ -171,7 +175,25 @@ def dashboard_get(*, now: datetime | None = None) -> Dashboard:
         ticket=ticket,
         attention=_attention(now=now, since=since, window=window),  # queries 4-7
         all_uploads_url=_changelist(Upload, **window),
+        webhooks=_webhooks(since=since),  # query 8
     )
+
+
+def _webhooks(*, since: datetime) -> AttentionGroup:
+    group = AttentionGroup(
+        "webhooks", "Webhook endpoints disabled, or with deliveries failed in 24 h",
+        _changelist(WebhookDelivery, status__exact=WebhookDelivery.Status.FAILED),
+    )
+    items, group.truncated = webhook_endpoints_needing_attention(since=since, limit=ATTENTION_LIMIT)
+    group.items = [
+        AttentionItem(appid=_shorten(item.url, 80), name="" if item.enabled else "disabled", tenant=item.tenant,
+                      detail=_shorten(item.detail),
+                      url=_changelist(WebhookDelivery, endpoint__id__exact=item.endpoint_id,
+                                      status__exact=WebhookDelivery.Status.FAILED) if item.enabled
+                      else _change(WebhookEndpoint, item.endpoint_id))
+        for item in items
+    ]
+    return group
 
 
 def _attention(*, now: datetime, since: datetime, window: dict[str, str]) -> list[AttentionGroup]:

@@ -76,6 +76,10 @@ def _jobs() -> dict[str, tuple[str, int | None, str]]:
                                 "Re-enqueue queued uploads past due and uploads whose worker lease ran out."),
         "Purge image bytes": ("uploads.purge_image_bytes", 3600,
                               "Delete image bytes of finished uploads after UPLOAD_BYTES_RETENTION_DAYS."),
+        "Sweep webhook deliveries": ("webhooks.sweep_deliveries", 60,
+                                     "Enqueue webhook deliveries past due (broker down at the change, long backoffs)."),
+        "Purge old webhook events": ("webhooks.purge_old_events", 86400,
+                                     "Delete webhook events (and their attempts) after WEBHOOK_EVENT_RETENTION_DAYS."),
     }
 
 

@@ -24,6 +24,7 @@ from openplatform.wechat.links import mobile_authorization_url, pc_authorization
 from openplatform.wechat.permissions import PERMISSION_SET_NAMES
 from tenants.errors import AuthorizerBoundElsewhere, InvalidState, UnknownPermissionSet
 from tenants.models import AuthCodeExchange, Authorizer, Tenant
+from tenants.services.events import AUTHORIZED, REVOKED, authorizer_event_record
 from tenants.signals import authorizer_status_changed
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,7 @@ def _authorizer_upsert_from_authorization(*, info: AuthorizationInfo, component_
     authorizer.revoked_at = None
     authorizer.last_error = ""
     authorizer.save()
+    authorizer_event_record(authorizer=authorizer, event_type=AUTHORIZED)  # only once bound to a merchant
     logger.info("authorization exchanged", extra={"authorizer_appid": authorizer.appid})
     try:
         authorizer_sync_info(authorizer=authorizer)
@@ -181,6 +183,8 @@ def authorizer_bind(*, authorizer: Authorizer, tenant: Tenant) -> Authorizer:
         if row.tenant_id is None:
             row.tenant = tenant
             row.save(update_fields=["tenant", "updated_at"])
+            if row.status == Authorizer.Status.AUTHORIZED:  # the merchant's first news of it
+                authorizer_event_record(authorizer=row, event_type=AUTHORIZED)
     return row
 
 
@@ -221,12 +225,15 @@ def authorizer_revoke(*, authorizer: Authorizer, reason: str = "unauthorized") -
     """Status `revoked`, tokens wiped; listeners (uploads) reject its queued work after commit."""
     with transaction.atomic():
         row = Authorizer.objects.select_for_update().get(pk=authorizer.pk)
+        already_revoked = row.status == Authorizer.Status.REVOKED
         row.status = Authorizer.Status.REVOKED
         row.wipe_tokens()
         row.revoked_at = timezone.now()
         row.last_error = reason
         row.last_error_at = row.revoked_at
         row.save()
+        if not already_revoked:
+            authorizer_event_record(authorizer=row, event_type=REVOKED)
         transaction.on_commit(
             lambda: authorizer_status_changed.send(sender=Authorizer, authorizer_id=row.pk, status=row.status)
         )

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from openplatform.component.config import component_config
 from tenants.models import Authorizer, Tenant
+from tenants.services.events import AUTHORIZED, authorizer_event_record
 
 
 def authorizer_create_direct(
@@ -39,4 +40,5 @@ def authorizer_create_direct(
         authorizer.authorized_at = authorizer.authorized_at or timezone.now()
         authorizer.revoked_at = None
         authorizer.save()
+        authorizer_event_record(authorizer=authorizer, event_type=AUTHORIZED)
     return authorizer

@@ -18,6 +18,7 @@ from openplatform.wechat.errors import NotAuthorized, WeChatError
 from tenants.errors import AuthorizerUnavailable
 from tenants.models import Authorizer
 from tenants.services.authorization import authorizer_revoke, authorizer_sync_info
+from tenants.services.events import AUTHORIZED, authorizer_event_record
 from tenants.services.tokens import authorizer_access_token_refresh_ahead
 
 logger = logging.getLogger(__name__)
@@ -157,6 +158,8 @@ def _apply_listed(*, pk: int, item) -> tuple[int, int]:
         if fields:
             row.synced_at = timezone.now()
             row.save(update_fields=[*fields, "synced_at", "updated_at"])
+        if restored:
+            authorizer_event_record(authorizer=row, event_type=AUTHORIZED)
     return recovered, restored
 
 

@@ -35,6 +35,7 @@ from openplatform.core.tokens import (
 from openplatform.wechat.errors import NotAuthorized, RefreshTokenInvalid, WeChatError
 from tenants.errors import AuthorizerUnavailable, ReauthorizationRequired
 from tenants.models import Authorizer
+from tenants.services.events import REAUTHORIZATION_REQUIRED, authorizer_event_record
 from tenants.signals import authorizer_status_changed
 
 logger = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class _AuthorizerToken:
         row.wipe_tokens()
         row.last_error, row.last_error_at = reason, timezone.now()
         row.save()
+        authorizer_event_record(authorizer=row, event_type=REAUTHORIZATION_REQUIRED)  # webhook outbox
         _copy_token_state(row, self.authorizer)
         logger.warning("authorizer needs re-authorization", extra={"authorizer_appid": row.appid})
         transaction.on_commit(

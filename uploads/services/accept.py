@@ -14,6 +14,7 @@ from tenants.selectors import authorizer_get
 from uploads.errors import IdempotencyConflict, UnknownAuthorizer
 from uploads.images import check_image
 from uploads.models import Upload, UploadBlob
+from uploads.services.dedupe import upload_reusable_find, upload_reuse_apply, upload_reuse_record
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,14 @@ class Accepted:
     replayed: bool = False
 
 
-def _fingerprint(*, authorizer_appid: str, data: bytes, fit: bool) -> str:
+def _fingerprint(*, authorizer_appid: str, data: bytes, fit: bool, dedupe: bool = True) -> str:
     h = hashlib.sha256()
     h.update(authorizer_appid.encode())
     h.update(b"\0")
     h.update(hashlib.sha256(data).digest())
     h.update(b"\1" if fit else b"\0")
+    if not dedupe:  # only then, so fingerprints stored before dedupe existed still match
+        h.update(b"\2")
     return h.hexdigest()
 
 
@@ -53,9 +56,13 @@ def upload_create(
     api_key: TenantAPIKey | None = None,
     requested_by: str = Upload.RequestedBy.API_KEY,
     admin_user=None,
+    dedupe: bool = True,
 ) -> Accepted:
-    """Accept one image for one of the tenant's authorizers. Raises an UploadRefused subclass (uploads.errors)."""
-    fingerprint = _fingerprint(authorizer_appid=authorizer_appid, data=data, fit=fit)
+    """Accept one image for one of the tenant's authorizers. Raises an UploadRefused subclass (uploads.errors).
+
+    With `dedupe`, bytes that already succeeded for this authorizer are final at once (services/dedupe.py).
+    """
+    fingerprint = _fingerprint(authorizer_appid=authorizer_appid, data=data, fit=fit, dedupe=dedupe)
     if idempotency_key:
         replay = _replay(tenant=tenant, idempotency_key=idempotency_key, fingerprint=fingerprint)
         if replay is not None:
@@ -64,6 +71,7 @@ def upload_create(
     if authorizer is None:
         raise UnknownAuthorizer()  # the same answer whether the appid is another tenant's or nobody's
     image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
+    original = upload_reusable_find(authorizer=authorizer, sha256=image.sha256) if dedupe else None
     upload = Upload(
         tenant=tenant,
         authorizer=authorizer,
@@ -80,10 +88,16 @@ def upload_create(
         width=image.width,
         height=image.height,
         next_attempt_at=timezone.now(),
+        dedupe=dedupe,
     )
+    if original is not None:
+        upload_reuse_apply(upload=upload, original=original, authorizer=authorizer)
     try:
         with transaction.atomic():
             upload.save(force_insert=True)
+            if original is not None:  # final already: no bytes kept, no task
+                upload_reuse_record(upload=upload)
+                return Accepted(upload)
             UploadBlob.objects.create(upload=upload, data=image.data)
             from uploads.tasks import upload_image
 

@@ -44,6 +44,8 @@ from tenants.models import Authorizer
 from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh_after_failure
 from uploads.errors import UploadNotRetryable
 from uploads.models import Upload, UploadAttempt, UploadBlob
+from uploads.services.dedupe import with_reusable
+from uploads.services.events import upload_event_record, uploads_events_record
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +148,8 @@ def _write_if_still_ours(run: _Run, values: dict) -> int:
             ).update(**values)
             if written:
                 _flush_attempts(run)
+                if values.get("status") in Upload.FINAL_STATUSES:  # the webhook outbox, same transaction
+                    upload_event_record(upload=run.upload)
     except DatabaseError:
         for attempt in pending:  # rolled back: still to be written, with new ids
             attempt.pk = None
@@ -154,10 +158,11 @@ def _write_if_still_ours(run: _Run, values: dict) -> int:
     return written
 
 
-def _finish(run: _Run, status: str, *, url: str = "", errcode: int | None = None, errmsg: str = "") -> Outcome:
+def _finish(run: _Run, status: str, *, url: str = "", errcode: int | None = None, errmsg: str = "",
+            **fields) -> Outcome:
     saved = _save_if_still_ours(run, {
         "status": status, "url": url, "errcode": errcode, "errmsg": errmsg[:4000],
-        "finished_at": timezone.now(), "lease_until": None, "next_attempt_at": None,
+        "finished_at": timezone.now(), "lease_until": None, "next_attempt_at": None, **fields,
     })
     if not saved:
         return _current(run.upload.pk)
@@ -193,7 +198,7 @@ def upload_process(*, upload_id) -> Outcome:
     if claim is None:
         return _current(upload_id)
     # Loaded after the claim, so `attempts` is what the previous run saved.
-    run = _Run(Upload.objects.select_related("authorizer").get(pk=upload_id), lease_until=claim[0])
+    run = _Run(with_reusable(Upload.objects.select_related("authorizer")).get(pk=upload_id), lease_until=claim[0])
     upload, authorizer = run.upload, run.upload.authorizer
     if claim[1]:
         _record_lost_run(run)
@@ -216,6 +221,8 @@ def upload_process(*, upload_id) -> Outcome:
             f"{', '.join(map(str, UPLOADIMG_REQUIRED_ANY_OF))}; "
             + uploadimg_hint(is_mini_program=authorizer.is_mini_program)
         ))
+    if upload.dedupe and upload.reusable_url:  # the same bytes succeeded since it was accepted
+        return _finish_reused(run)
     blob = UploadBlob.objects.filter(upload_id=upload.pk).values_list("data", flat=True).first()
     if blob is None:
         return _finish(run, Upload.Status.FAILED, errmsg="the image bytes are no longer stored (retention)")
@@ -281,6 +288,17 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
         _record_attempt(run, number, started, result.latency_ms, result.http_status, 0, "ok",
                         UploadAttempt.Outcome.SUCCEEDED, lease.generation)
         return _finish(run, Upload.Status.SUCCEEDED, url=result.url, errcode=0, errmsg="")
+
+
+def _finish_reused(run: _Run) -> Outcome:
+    """Succeed with the URL of an earlier upload of the same bytes to this authorizer (services/dedupe.py)."""
+    upload = run.upload
+    original = upload.reusable_root_id or upload.reusable_id
+    _record_attempt(run, _next_attempt_number(upload), timezone.now(), 0, None, 0,
+                    f"same bytes as upload {original}: its URL reused, nothing sent to WeChat",
+                    UploadAttempt.Outcome.REUSED, None)
+    run.pending[-1].reused_upload_id = original
+    return _finish(run, Upload.Status.SUCCEEDED, url=upload.reusable_url, errcode=0, reused_from_id=original)
 
 
 def _next_attempt_number(upload: Upload) -> int:
@@ -382,8 +400,14 @@ def upload_retry(*, upload: Upload) -> Upload:
 
 
 def uploads_reject_for_authorizer(*, authorizer_id: int, reason: str) -> int:
-    """Queued uploads of a revoked authorizer become `rejected` (never sent)."""
+    """Queued uploads of a revoked authorizer become `rejected` (never sent), each with its webhook event."""
     now = timezone.now()
-    return Upload.objects.queued().filter(authorizer_id=authorizer_id).update(
-        status=Upload.Status.REJECTED, errmsg=reason, finished_at=now, next_attempt_at=None, updated_at=now
-    )
+    with transaction.atomic():
+        ids = list(Upload.objects.queued().filter(authorizer_id=authorizer_id).values_list("pk", flat=True))
+        count = Upload.objects.queued().filter(pk__in=ids).update(
+            status=Upload.Status.REJECTED, errmsg=reason, finished_at=now, next_attempt_at=None, updated_at=now
+        )
+        # Those this update rejected (a worker may have claimed one in between), their events with them.
+        uploads_events_record(uploads=Upload.objects.select_related("authorizer").filter(
+            pk__in=ids, status=Upload.Status.REJECTED, finished_at=now))
+    return count
