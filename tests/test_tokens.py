@@ -187,7 +187,8 @@ def test_expired_token_is_refreshed_once_for_32_threads_and_2_processes(authoriz
 @pytest.mark.parametrize("callers", [8, 32, 64])
 def test_concurrent_callers_on_an_expired_token_cause_one_refresh(authorizer, component, callers, record_property):
     expire_access_token(authorizer)
-    component.set_latency(AUTHORIZER_TOKEN, 0.2)
+    # Long enough that every caller has asked before the first answer, even on a busy 2-core machine.
+    component.set_latency(AUTHORIZER_TOKEN, 1.0)
     before = sim_count(component, AUTHORIZER_TOKEN)
 
     results = _concurrent_callers(authorizer.pk, threads=callers, processes=0, simulator=component)
