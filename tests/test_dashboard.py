@@ -32,8 +32,8 @@ def test_dashboard_shows_the_last_24_hours_with_links_into_the_admin(admin_clien
     seeded = seed_operations()
 
     # When the operator opens the admin index
-    # (session, user, the dashboard's seven, the index's recent actions)
-    with django_assert_max_num_queries(10):
+    # (session, user, the dashboard's eight, the index's recent actions)
+    with django_assert_max_num_queries(11):
         response = admin_client.get("/admin/")
 
     # Then the dashboard is above the default app list
