@@ -343,6 +343,12 @@ REST_FRAMEWORK.update(
     }
 )
 
+#: Quota burn (docs/architecture.md §3.3): authorization links per tenant (each costs an
+#: api_create_preauthcode call), requests to the redirect URL per client address (each new code there
+#: costs an api_query_auth call). DRF rates: N/sec, N/min, N/hour, N/day.
+AUTHORIZATION_LINK_THROTTLE_RATE = env.str("AUTHORIZATION_LINK_THROTTLE_RATE", default="20/hour")
+AUTHORIZED_REDIRECT_THROTTLE_RATE = env.str("AUTHORIZED_REDIRECT_THROTTLE_RATE", default="30/hour")
+
 # Throttle counters and other shared state: Redis when CACHE_URL says so, else per-process memory.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 

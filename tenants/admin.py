@@ -13,11 +13,16 @@ from rest_framework_api_key.models import APIKey
 from openplatform.wechat.errors import WeChatError
 from openplatform.wechat.permissions import PERMISSION_SET_NAMES, permission_set_name
 from tenants.errors import TenantsError
-from tenants.models import Authorizer, Tenant, TenantAPIKey
+from tenants.models import Authorizer, AuthorizerTransferRequest, Tenant, TenantAPIKey
 from tenants.services.authorization import authorization_link_create, authorizer_revoke, authorizer_sync_info
 from tenants.services.tokens import (
     authorizer_access_token_force_refresh,
     authorizer_access_token_replace_leaked,
+)
+from tenants.services.transfers import (
+    authorizer_moved_by_hand,
+    authorizer_transfer_approve,
+    authorizer_transfer_decline,
 )
 
 #: Ticked by default when an operator picks sets: what uploadimg needs (Official Account, Mini Program).
@@ -133,6 +138,12 @@ class AuthorizerAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # authorizers come from WeChat (onboarding or reconciliation), never from a form
 
+    def save_model(self, request, obj, form, change):
+        moved_from = form.initial.get("tenant") if change and "tenant" in form.changed_data else None
+        super().save_model(request, obj, form, change)
+        if moved_from is not None:  # the old tenant's queued uploads are rejected, as after a transfer
+            authorizer_moved_by_hand(authorizer=obj, from_tenant_id=moved_from)
+
     @admin.display(boolean=True, description="can upload images")
     def can_upload(self, obj: Authorizer) -> bool:
         return obj.can_upload_images
@@ -195,3 +206,43 @@ class AuthorizerAdmin(admin.ModelAdmin):
         for authorizer in queryset:
             authorizer_revoke(authorizer=authorizer, reason=f"revoked by {request.user}")
         self.message_user(request, f"{queryset.count()} authorizer(s) revoked", messages.WARNING)
+
+
+@admin.register(AuthorizerTransferRequest)
+class AuthorizerTransferRequestAdmin(admin.ModelAdmin):
+    """Accounts authorized through another merchant's link while their binding was revoked
+    (docs/architecture.md §3.3). The kept refresh token is never shown."""
+
+    list_display = ("appid", "from_tenant", "to_tenant", "state", "requested_at", "decided_at", "decided_by")
+    list_filter = ("state", "to_tenant", "from_tenant")
+    search_fields = ("appid", "from_tenant__slug", "to_tenant__slug")
+    exclude = ("refresh_token_ciphertext",)
+    readonly_fields = ("authorizer", "appid", "from_tenant", "to_tenant", "state", "requested_at", "func_info",
+                       "decided_at", "decided_by", "note")
+    actions = ["move_to_requesting_tenant", "decline"]
+
+    def has_add_permission(self, request):
+        return False  # made by the redirect when a revoked account is authorized through another link
+
+    @admin.action(description=(
+        "Move the account to the requesting merchant (the old merchant's queued uploads are rejected; "
+        "its upload history stays its own)"
+    ), permissions=["change"])
+    def move_to_requesting_tenant(self, request, queryset):
+        for transfer in queryset.select_related("to_tenant"):
+            try:
+                authorizer_transfer_approve(request=transfer, decided_by=str(request.user))
+            except TenantsError as exc:
+                self.message_user(request, f"{transfer.appid}: {exc.detail}", messages.ERROR)
+            else:
+                self.message_user(request, f"{transfer.appid}: moved to {transfer.to_tenant.slug}", messages.SUCCESS)
+
+    @admin.action(description="Decline (the account stays revoked where it is)", permissions=["change"])
+    def decline(self, request, queryset):
+        for transfer in queryset:
+            try:
+                authorizer_transfer_decline(request=transfer, decided_by=str(request.user))
+            except TenantsError as exc:
+                self.message_user(request, f"{transfer.appid}: {exc.detail}", messages.ERROR)
+            else:
+                self.message_user(request, f"{transfer.appid}: declined", messages.WARNING)

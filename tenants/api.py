@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from openplatform.core.api_schema import refusal_responses
 from openplatform.wechat.errors import WeChatError
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, permission_set_name
+from tenants.auth import AuthorizationLinkThrottle
 from tenants.errors import UnknownPermissionSet, WeChatUnavailable
 from tenants.selectors import authorizer_list
 from tenants.services.authorization import authorization_link_create
@@ -54,6 +55,10 @@ class AuthorizerListApi(ListAPIView):
 
 
 class AuthorizationLinkApi(APIView):
+    def get_throttles(self):
+        # The tenant's request rate, and its own budget of links (each one asks WeChat for a code).
+        return [*super().get_throttles(), AuthorizationLinkThrottle()]
+
     class InputSerializer(serializers.Serializer):
         category_id_list = serializers.ListField(
             child=serializers.IntegerField(min_value=1, max_value=10_000), required=False, max_length=64,
@@ -72,7 +77,9 @@ class AuthorizationLinkApi(APIView):
         summary="Create an authorization link",
         description=(
             "A fresh link for the merchant's WeChat account administrator: `url` for a desktop browser "
-            "(scan the QR code), `mobile_url` to open inside WeChat. Single use; expires at `expires_at`."
+            "(scan the QR code), `mobile_url` to open inside WeChat. Single use; expires at `expires_at`. "
+            "At most 20 links an hour per merchant unless the service provider set another rate; past it, "
+            "429 `throttled` with `Retry-After`."
         ),
         request=InputSerializer,
         responses={201: OutputSerializer, **refusal_responses([UnknownPermissionSet, WeChatUnavailable])},

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
+from openplatform.core.http import client_address
 from tenants.models import Tenant, TenantAPIKey
 
 
@@ -88,3 +90,26 @@ class TenantRateThrottle(SimpleRateThrottle):
         if not isinstance(user, TenantPrincipal):
             return None
         return self.cache_format % {"scope": self.scope, "ident": user.tenant.pk}
+
+
+class AuthorizationLinkThrottle(TenantRateThrottle):
+    """Authorization links per tenant (`AUTHORIZATION_LINK_THROTTLE_RATE`): each one costs an
+    api_create_preauthcode call against the platform's shared quota (docs/wechat-protocol.md §5)."""
+
+    scope = "authorization_link"
+
+    def get_rate(self) -> str:
+        return settings.AUTHORIZATION_LINK_THROTTLE_RATE
+
+
+class AuthorizedRedirectThrottle(SimpleRateThrottle):
+    """Requests to the redirect URL per client address (`AUTHORIZED_REDIRECT_THROTTLE_RATE`): each new
+    code there costs an api_query_auth call. Used by a plain Django view (tenants/views_wechat.py)."""
+
+    scope = "authorized_redirect"
+
+    def get_rate(self) -> str:
+        return settings.AUTHORIZED_REDIRECT_THROTTLE_RATE
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": client_address(request)}

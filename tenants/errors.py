@@ -49,3 +49,10 @@ class WeChatUnavailable(TenantsError):
 
     code = "wechat_unavailable"
     status = 503
+
+
+class TransferNotPossible(TenantsError):
+    """The transfer request is no longer pending, or the account changed since it was made."""
+
+    code = "transfer_not_possible"
+    status = 409

@@ -13,6 +13,7 @@ import logging
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from openplatform.component.config import component_config
@@ -20,12 +21,17 @@ from openplatform.component.events import AUTHORIZATION_GRANTED, REVOKED, compon
 from openplatform.component.models import ComponentEvent
 from openplatform.core.queueing import enqueue_on_commit
 from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
-from tenants.services.authorization import authorization_code_exchange, authorizer_revoke_by_appid
+from tenants.models import AuthorizationStateUse, Authorizer
+from tenants.services.authorization import (
+    STATE_MAX_AGE,
+    authorization_code_exchange,
+    authorizer_revoke_by_appid,
+)
 
 logger = logging.getLogger(__name__)
 
 #: An auth code lives an hour (AuthorizationCodeExpiredTime, docs/wechat-protocol.md §3); margin for
-#: clock skew.
+#: clock skew. Events stored with their code's expiry are closed at that expiry instead.
 AUTH_CODE_LIFETIME = timedelta(hours=2)
 #: An event younger than this may still be in the queue: the sweeper leaves it alone.
 SWEEP_GRACE = timedelta(minutes=2)
@@ -54,35 +60,56 @@ def component_push_receive(*, fields: dict[str, str]) -> None:
 def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
     """Exchange the auth code of an authorized/updateauthorized event (idempotent).
 
-    The event is final once the code is exchanged or WeChat calls the code dead (61009). Any other
-    failure (no ticket yet, WeChat unreachable, ...) keeps the code and records the error, so
-    `component_events_sweep` tries again until the code itself expires: losing it would lose the
-    authorization (docs/wechat-protocol.md §8: an account whose code was never exchanged may have no
-    refresh token). With `may_retry`, a retryable error is raised instead (nothing recorded), for
-    the task to retry soon.
+    The event is final once the code is exchanged, WeChat calls the code dead (61009), or its lifetime
+    is over (AuthorizationCodeExpiredTime: then WeChat is not asked). Any other failure (no ticket yet,
+    WeChat unreachable, ...) keeps the code and records the error, so `component_events_sweep` tries
+    again until the code itself expires: losing it would lose the authorization (docs/wechat-protocol.md
+    §8: an account whose code was never exchanged may have no refresh token). With `may_retry`, a
+    retryable error is raised instead (nothing recorded), for the task to retry soon.
+
+    An account whose binding to a tenant is revoked is not revived by an event (there is no tenant to
+    decide for): its code is left to the merchant's redirect, which knows which link was used
+    (docs/architecture.md §3.3). No lock is held while WeChat is asked: the exchange claims the code
+    itself, and the event row is written afterwards only if still unprocessed.
     """
+    event = ComponentEvent.objects.filter(pk=event_id).first()
+    if event is None or event.processed_at is not None:
+        return
+    code = event.get_auth_code()
+    error = ""
+    try:
+        if code and _binding_revoked(event):
+            error = (
+                "not exchanged: the account's binding to its merchant is revoked, and an authorization event "
+                "alone never revives it; the redirect of the link the merchant used decides"
+            )
+            logger.warning("authorization event for an account whose binding is revoked: left to the redirect",
+                           extra={"authorizer_appid": event.authorizer_appid, "event_id": event.pk})
+        elif code:
+            authorization_code_exchange(auth_code=code, code_expires_at=event.auth_code_expires_at)
+    except AuthCodeInvalid as exc:  # 61009 / 61010: final; the merchant must authorize again
+        error = f"the authorization code is dead ({exc}): the merchant must authorize again from a new link"
+    except WeChatError as exc:
+        if exc.retryable and may_retry:
+            raise
+        ComponentEvent.objects.filter(pk=event.pk, processed_at__isnull=True).update(error=str(exc)[:2000])
+        logger.warning("authorization event not processed yet: %s", exc, extra={"event_id": event.pk})
+        return
     with transaction.atomic():
-        event = ComponentEvent.objects.select_for_update().filter(pk=event_id).first()
-        if event is None or event.processed_at is not None:
+        event = ComponentEvent.objects.select_for_update().filter(pk=event_id, processed_at__isnull=True).first()
+        if event is None:  # another delivery finished it meanwhile
             return
-        code = event.get_auth_code()
-        try:
-            if code:
-                authorization_code_exchange(auth_code=code)
-        except AuthCodeInvalid as exc:  # 61009 / 61010: final; the merchant must authorize again
-            event.error = f"the authorization code is dead ({exc}): the merchant must authorize again from a new link"[:2000]
-        except WeChatError as exc:
-            if exc.retryable and may_retry:
-                raise
-            event.error = str(exc)[:2000]
-            event.save(update_fields=["error"])
-            logger.warning("authorization event not processed yet: %s", exc, extra={"event_id": event.pk})
-            return
-        else:
-            event.error = ""
+        event.error = error[:2000]
         event.processed_at = timezone.now()
         event.set_auth_code(None)
         event.save()
+
+
+def _binding_revoked(event: ComponentEvent) -> bool:
+    return Authorizer.objects.filter(
+        component_appid=event.component_appid, appid=event.authorizer_appid,
+        status=Authorizer.Status.REVOKED, tenant__isnull=False,
+    ).exists()
 
 
 def component_events_sweep() -> int:
@@ -91,7 +118,9 @@ def component_events_sweep() -> int:
     from tenants.tasks import process_component_event  # the task module imports this one
 
     now = timezone.now()
-    expired = ComponentEvent.objects.awaiting_exchange(received_before=now - AUTH_CODE_LIFETIME)
+    expired = ComponentEvent.objects.awaiting_exchange(received_before=now).filter(
+        Q(received_at__lt=now - AUTH_CODE_LIFETIME) | Q(auth_code_expires_at__lte=now)
+    )
     closed = expired.update(
         processed_at=now,
         auth_code_ciphertext="",
@@ -105,4 +134,6 @@ def component_events_sweep() -> int:
     )
     for pk in ids:
         process_component_event.delay(pk)
+    # Used-state markers outlive their state's signature by a margin, then go (single use is moot).
+    AuthorizationStateUse.objects.filter(used_at__lt=now - STATE_MAX_AGE - SWEEP_GRACE).delete()
     return len(ids)

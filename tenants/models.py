@@ -147,7 +147,9 @@ class Authorizer(EncryptedSecretsMixin, models.Model):
 class AuthCodeExchange(models.Model):
     """Makes the auth_code exchange happen exactly once, whether the redirect or the event comes first.
 
-    Keyed by the code's SHA-256 (the code itself is a credential and is not stored).
+    Keyed by the code's SHA-256 (the code itself is a credential and is not stored). A caller claims the
+    row (`claimed_until`, `claim_token`) and commits before calling api_query_auth, so no row lock is held
+    while WeChat answers; the result is written afterwards under a compare (docs/architecture.md §3.3).
     """
 
     code_sha256 = models.CharField(max_length=64, unique=True)
@@ -156,7 +158,82 @@ class AuthCodeExchange(models.Model):
     error = models.TextField(blank=True, default="")
     #: WeChat called the code dead (61009 invalid, 61010 expired): final, never sent to WeChat again.
     dead_errcode = models.IntegerField(null=True, blank=True)
+    #: When the code dies: WeChat's `expires_in` (redirect) or AuthorizationCodeExpiredTime (event), at
+    #: most an hour after it was first seen. Past it the code is never sent to WeChat and binds nothing.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    #: A caller is asking WeChat until then (its claim); another caller waits for the result meanwhile.
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    claim_token = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
         return f"auth code {self.code_sha256[:12]}…"
+
+
+class AuthorizationStateUse(models.Model):
+    """An authorization link's `state` that has bound an account: the link is single use.
+
+    Keyed by the state's SHA-256, with the code it bound (a reload of the same redirect still shows its
+    page; another code with the same state is refused before WeChat is asked).
+    """
+
+    state_sha256 = models.CharField(max_length=64, unique=True)
+    code_sha256 = models.CharField(max_length=64)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    authorizer = models.ForeignKey(Authorizer, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    used_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"state {self.state_sha256[:12]}…"
+
+
+class AuthorizerTransferRequest(EncryptedSecretsMixin, models.Model):
+    """An account whose binding to one merchant is revoked was authorized again through another's link.
+
+    Nothing is stored on the account for its old merchant; an operator decides (the admin's action moves
+    it, docs/architecture.md §3.3). WeChat's answer to that authorization is kept here, encrypted, until
+    then: the code it came from is single use, so the refresh token cannot be had from it again, and
+    api_get_authorizer_info's copy is not guaranteed for every account (docs/wechat-protocol.md §8).
+    Wiped when the request is decided.
+    """
+
+    ENCRYPTED_FIELDS = ("refresh_token_ciphertext",)
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Transfer requested"
+        TRANSFERRED = "transferred", "Moved"
+        DECLINED = "declined", "Declined"
+        #: The account changed meanwhile (its merchant authorized it again, another request was approved).
+        SUPERSEDED = "superseded", "Superseded"
+
+    authorizer = models.ForeignKey(Authorizer, on_delete=models.CASCADE, related_name="transfer_requests")
+    appid = models.CharField(max_length=64)
+    from_tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    to_tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING, db_index=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    #: Permission sets granted by the authorization behind the request.
+    func_info = models.JSONField(default=list, blank=True)
+    refresh_token_ciphertext = models.TextField(blank=True, default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.CharField(max_length=150, blank=True, default="")
+    note = models.TextField(blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["authorizer", "to_tenant"], condition=models.Q(state="pending"),
+                name="one_pending_transfer_per_account_and_tenant",
+            ),
+        ]
+        ordering = ["-requested_at"]
+        verbose_name = "account transfer request"
+
+    def __str__(self) -> str:
+        return f"{self.appid}: {self.from_tenant} → {self.to_tenant} ({self.state})"
+
+    def set_refresh_token(self, raw: str | None) -> None:
+        self._set_secret("refresh_token_ciphertext", raw)
+
+    def get_refresh_token(self) -> str | None:
+        return self._get_secret("refresh_token_ciphertext")

@@ -13,6 +13,7 @@ A push to POST /wechat/component/events/ (docs/wechat-protocol.md §1, §3), end
 from __future__ import annotations
 
 import logging
+import math
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -23,10 +24,15 @@ from openplatform.component.config import component_config
 from openplatform.component.events import PushRefused
 from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
 from openplatform.wechat.errors import AuthCodeExpired, AuthCodeInvalid, WeChatError
+from tenants.auth import AuthorizedRedirectThrottle
 from tenants.errors import TenantsError
 from tenants.events import component_push_receive
 from tenants.messages import authorizer_message_receive
-from tenants.services.authorization import authorization_code_exchange, authorization_state_verify
+from tenants.services.authorization import (
+    auth_code_expiry,
+    authorization_code_exchange,
+    authorization_state_verify,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +107,21 @@ def authorizer_events(request: HttpRequest, appid: str) -> HttpResponse:
 
 @require_GET
 def authorized_redirect(request: HttpRequest) -> HttpResponse:
-    """GET /wechat/component/authorized/?state=…&auth_code=… — the merchant comes back from WeChat."""
+    """GET /wechat/component/authorized/?state=…&auth_code=…&expires_in=… — the merchant comes back from
+    WeChat. Throttled per client address (each new code costs an api_query_auth call); the code is
+    exchanged once and lives `expires_in` seconds (at most an hour); the link's state binds one account."""
+    throttle = AuthorizedRedirectThrottle()
+    if not throttle.allow_request(request, None):
+        wait = throttle.wait()
+        response = render(request, "tenants/authorized.html", {
+            "ok": False,
+            "message": "Too many authorization attempts from your network. Please wait a few minutes and "
+                       "reload this page.",
+        }, status=429)
+        if wait is not None:
+            response["Retry-After"] = str(max(1, math.ceil(wait)))
+        logger.warning("authorization redirect throttled")
+        return response
     state = request.GET.get("state", "")
     auth_code = request.GET.get("auth_code", "")
     context: dict[str, object] = {"ok": False}
@@ -110,8 +130,11 @@ def authorized_redirect(request: HttpRequest) -> HttpResponse:
         context["message"] = "WeChat did not send an authorization code. Please start the authorization again."
     else:
         try:
-            tenant = authorization_state_verify(state=state)
-            authorizer = authorization_code_exchange(auth_code=auth_code, tenant=tenant)
+            tenant = authorization_state_verify(state=state, auth_code=auth_code)
+            authorizer = authorization_code_exchange(
+                auth_code=auth_code, tenant=tenant, state=state,
+                code_expires_at=auth_code_expiry(expires_in=request.GET.get("expires_in")),
+            )
         except TenantsError as exc:
             context["message"] = exc.detail
             status = exc.status

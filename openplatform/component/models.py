@@ -91,6 +91,8 @@ class ComponentEvent(EncryptedSecretsMixin, models.Model):
     authorizer_appid = models.CharField(max_length=64, blank=True, default="", db_index=True)
     #: The authorization code, encrypted, wiped once exchanged.
     auth_code_ciphertext = models.TextField(blank=True, default="")
+    #: When the code dies (AuthorizationCodeExpiredTime, at most an hour after the push; docs/wechat-protocol.md §3).
+    auth_code_expires_at = models.DateTimeField(null=True, blank=True)
     pushed_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)

@@ -22,7 +22,7 @@ from openplatform.component.models import TICKET_STALE_AFTER
 from openplatform.component.tickets import component_ticket_age
 from openplatform.wechat.errors import ERRCODE_MEANINGS
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, can_upload_images
-from tenants.models import Authorizer
+from tenants.models import Authorizer, AuthorizerTransferRequest
 from uploads.models import Upload
 from webhooks.models import WebhookDelivery, WebhookEndpoint
 from webhooks.selectors import webhook_endpoints_needing_attention
@@ -70,6 +70,8 @@ class AttentionGroup:
     items: list[AttentionItem] = field(default_factory=list)
     #: True when more rows exist than are listed (follow `url` for all of them).
     truncated: bool = False
+    #: What the operator does about the group's items, shown under its title.
+    hint: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def dashboard_get(*, now: datetime | None = None) -> Dashboard:
         success_rate=success_rate,
         top_errcodes=top_errcodes,
         ticket=ticket,
-        attention=_attention(now=now, since=since, window=window),  # queries 4-7
+        attention=_attention(now=now, since=since, window=window),  # queries 4-8
         all_uploads_url=_changelist(Upload, **window),
         webhooks=_webhooks(since=since),  # query 8
     )
@@ -253,7 +255,29 @@ def _attention(*, now: datetime, since: datetime, window: dict[str, str]) -> lis
                 Upload, status__exact=Upload.Status.FAILED, authorizer__id__exact=row["authorizer_id"], **window
             ),
         ))
-    return [reauth, revoked, no_permission, failing]
+
+    # Query 8: accounts authorized through another tenant's link while revoked for their own, waiting
+    # for the operator's "move" (or "decline") action on the transfer request (docs/architecture.md §3.3).
+    transfers = AttentionGroup(
+        "transfer_requested", "Transfer requested",
+        _changelist(AuthorizerTransferRequest, state__exact=AuthorizerTransferRequest.State.PENDING),
+        hint=("Nothing was stored for the old merchant. In the list, select the request and run \"Move the "
+              "account to the requesting merchant\" (its queued uploads are rejected, its history stays its "
+              "own), or \"Decline\"."),
+    )
+    pending = AuthorizerTransferRequest.objects.filter(state=AuthorizerTransferRequest.State.PENDING)
+    for row in pending.order_by("-requested_at").values(
+        "pk", "appid", "authorizer__nick_name", "from_tenant__slug", "to_tenant__slug", "requested_at"
+    )[: ATTENTION_LIMIT + 1]:
+        _add(transfers, AttentionItem(
+            appid=row["appid"],
+            name=row["authorizer__nick_name"],
+            tenant=row["from_tenant__slug"],
+            detail=(f"authorized through {row['to_tenant__slug']}'s link on {row['requested_at']:%Y-%m-%d %H:%M} UTC "
+                    f"while revoked for {row['from_tenant__slug']}: move it, or decline"),
+            url=_change(AuthorizerTransferRequest, row["pk"]),
+        ))
+    return [transfers, reauth, revoked, no_permission, failing]
 
 
 def _add(group: AttentionGroup, item: AttentionItem) -> None:

@@ -132,7 +132,9 @@ def _discover(*, component_appid: str, item) -> bool:
 
 
 def _needs_update(authorizer: Authorizer, item) -> bool:
-    if not item.refresh_token:
+    # A revoked binding listed again was authorized again: the redirect of the link used decides who
+    # gets it (a transfer request, docs/architecture.md §3.3); nothing is stored for the old tenant here.
+    if not item.refresh_token or authorizer.status == Authorizer.Status.REVOKED:
         return False
     return (
         authorizer.status == Authorizer.Status.REAUTHORIZATION_REQUIRED

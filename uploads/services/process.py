@@ -50,6 +50,8 @@ from uploads.services.events import upload_event_record, uploads_events_record
 logger = logging.getLogger(__name__)
 
 NO_RETRY = RetryPolicy(max_retries=0)
+#: Why an upload of an account that now belongs to another tenant is never sent (docs/architecture.md §3.5).
+MOVED_REASON = "the WeChat account has moved to another merchant; nothing was sent to WeChat"
 WORKER_NAME = socket.gethostname()
 
 
@@ -208,6 +210,8 @@ def upload_process(*, upload_id) -> Outcome:
                 "(killed, out of memory or past its time limit) every time"
             ))
 
+    if authorizer.tenant_id != upload.tenant_id:
+        return _finish(run, Upload.Status.REJECTED, errmsg=_moved(authorizer))
     if authorizer.status != Authorizer.Status.AUTHORIZED:
         return _finish(run, Upload.Status.REJECTED,
                        errmsg=f"authorizer {authorizer.appid} is {authorizer.status}; nothing was sent to WeChat")
@@ -255,6 +259,11 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
                 return _transient(run, exc, "could not get an access token")
             return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=f"access token: {exc}")
 
+        # Ownership, re-read right before the call: the account may have moved to another tenant while
+        # this upload waited or fetched a token (an approved transfer request, the admin form); the
+        # image is then never sent on the new owner's account.
+        if not Authorizer.objects.filter(pk=authorizer.pk, tenant_id=upload.tenant_id).exists():
+            return _finish(run, Upload.Status.REJECTED, errmsg=_moved(authorizer))
         number = _next_attempt_number(upload)
         started = timezone.now()
         t0 = time.perf_counter()
@@ -299,6 +308,10 @@ def _finish_reused(run: _Run) -> Outcome:
                     UploadAttempt.Outcome.REUSED, None)
     run.pending[-1].reused_upload_id = original
     return _finish(run, Upload.Status.SUCCEEDED, url=upload.reusable_url, errcode=0, reused_from_id=original)
+
+
+def _moved(authorizer: Authorizer) -> str:
+    return f"{MOVED_REASON} (account {authorizer.appid})"
 
 
 def _next_attempt_number(upload: Upload) -> int:
@@ -399,11 +412,15 @@ def upload_retry(*, upload: Upload) -> Upload:
     return upload
 
 
-def uploads_reject_for_authorizer(*, authorizer_id: int, reason: str) -> int:
-    """Queued uploads of a revoked authorizer become `rejected` (never sent), each with its webhook event."""
+def uploads_reject_for_authorizer(*, authorizer_id: int, reason: str, tenant_id: int | None = None) -> int:
+    """Queued uploads of a revoked authorizer (or, with `tenant_id`, that tenant's queued uploads of an
+    authorizer moved away from it) become `rejected` (never sent), each with its webhook event."""
     now = timezone.now()
+    queued = Upload.objects.queued().filter(authorizer_id=authorizer_id)
+    if tenant_id is not None:
+        queued = queued.filter(tenant_id=tenant_id)
     with transaction.atomic():
-        ids = list(Upload.objects.queued().filter(authorizer_id=authorizer_id).values_list("pk", flat=True))
+        ids = list(queued.values_list("pk", flat=True))
         count = Upload.objects.queued().filter(pk__in=ids).update(
             status=Upload.Status.REJECTED, errmsg=reason, finished_at=now, next_attempt_at=None, updated_at=now
         )
