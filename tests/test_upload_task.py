@@ -611,7 +611,7 @@ def test_task_runs_a_fixed_number_of_queries(
 
     bulk_uploads(authorizer, 200, status="queued")
     large = make_upload(authorizer, image_bytes("JPEG"))
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):
         large_count = _count_queries(lambda: upload_process(upload_id=large.pk))
 
     record_property("task_queries", large_count)

@@ -71,7 +71,7 @@ def upload_create(
     if authorizer is None:
         raise UnknownAuthorizer()  # the same answer whether the appid is another tenant's or nobody's
     image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
-    original = upload_reusable_find(authorizer=authorizer, sha256=image.sha256) if dedupe else None
+    original = upload_reusable_find(authorizer=authorizer, tenant_id=tenant.pk, sha256=image.sha256) if dedupe else None
     upload = Upload(
         tenant=tenant,
         authorizer=authorizer,

@@ -3,7 +3,8 @@
 Decided in the accept path, so the 202 already says `succeeded` with the URL: no task, no stored
 bytes, no WeChat call. The lookup is one indexed query (authorizer, sha256, status). The sha256 is of
 the bytes as they would be sent (after `fit`). Never across authorizers: the lookup is keyed by the
-authorizer, as the quota and the merchant's records are.
+authorizer, as the quota and the merchant's records are, and by the tenant: an account that moved to
+another merchant (an operator's transfer) never hands the new one the old one's uploads.
 
 Checked once more by the task, before it sends: an upload accepted while the first one of the same
 bytes was still queued (a batch) reuses its URL if that one has succeeded by then. That check rides on
@@ -40,13 +41,13 @@ def dedupe_days() -> int:
     return settings.UPLOAD_DEDUPE_DAYS
 
 
-def upload_reusable_find(*, authorizer: Authorizer, sha256: str) -> Reusable | None:
+def upload_reusable_find(*, authorizer: Authorizer, tenant_id: int, sha256: str) -> Reusable | None:
     days = dedupe_days()
     if days <= 0 or not authorizer.can_upload_images:
         return None
     row = (
-        Upload.objects.filter(authorizer=authorizer, sha256=sha256, status=Upload.Status.SUCCEEDED,
-                              finished_at__gte=timezone.now() - timedelta(days=days))
+        Upload.objects.filter(authorizer=authorizer, tenant_id=tenant_id, sha256=sha256,
+                              status=Upload.Status.SUCCEEDED, finished_at__gte=timezone.now() - timedelta(days=days))
         .exclude(url="")
         .order_by("-finished_at")
         .values("pk", "url", "reused_from_id")
@@ -65,8 +66,8 @@ def with_reusable(uploads: QuerySet[Upload]) -> QuerySet[Upload]:
         none = {"reusable_id": UUIDField(), "reusable_root_id": UUIDField(), "reusable_url": CharField()}
         return uploads.annotate(**{name: Value(None, output_field=field) for name, field in none.items()})
     earlier = (
-        Upload.objects.filter(authorizer_id=OuterRef("authorizer_id"), sha256=OuterRef("sha256"),
-                              status=Upload.Status.SUCCEEDED, finished_at__gte=timezone.now() - timedelta(days=days))
+        Upload.objects.filter(authorizer_id=OuterRef("authorizer_id"), tenant_id=OuterRef("tenant_id"),
+                              sha256=OuterRef("sha256"), status=Upload.Status.SUCCEEDED, finished_at__gte=timezone.now() - timedelta(days=days))
         .exclude(url="").exclude(pk=OuterRef("pk")).order_by("-finished_at")
     )
     return uploads.annotate(
