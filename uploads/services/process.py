@@ -246,7 +246,10 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
                             None)
             if retry_later:
                 return _transient(run, exc, "could not get an access token")
-            return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=f"access token: {exc}")
+            errmsg = f"access token: {exc}"
+            if isinstance(exc, QuotaExceeded):
+                errmsg += "; " + _token_quota_hint(authorizer)
+            return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=errmsg)
 
         number = _next_attempt_number(upload)
         started = timezone.now()
@@ -329,12 +332,28 @@ def _explain(exc: WeChatError, authorizer: Authorizer) -> str:
     if isinstance(exc, PermissionDenied):
         text += "; " + uploadimg_hint(is_mini_program=authorizer.is_mini_program, errcode=exc.errcode)
     elif isinstance(exc, QuotaExceeded):
-        text += "; the account's daily uploadimg quota is used up: retry after it resets (00:00 Beijing time)"
+        text += (
+            "; the account's daily uploadimg quota is used up. An operator can clear it now in the admin "
+            "(Authorizers: \"Clear this account's API quota\", 10 resets a month per account), then retry "
+            "(Authorizers: \"Retry its uploads that failed with 45009\"); or wait until the quota resets at "
+            "00:00 Beijing time and retry then"
+        )
     elif isinstance(exc, TokenInvalid):
         text += "; WeChat refused a freshly refreshed token too"
     elif isinstance(exc, InvalidPayload):
         text += "; WeChat refused the image itself"
     return text
+
+
+def _token_quota_hint(authorizer: Authorizer) -> str:
+    """What to do when the token endpoint answered 45009 (docs/wechat-protocol.md §11)."""
+    if authorizer.mode == Authorizer.Mode.DIRECT:
+        return "the account's daily stable_token quota is used up: retry after it resets (00:00 Beijing time)"
+    return (
+        "the component's daily api_authorizer_token quota is used up. An operator can clear it now (admin "
+        "home page: \"clear the component's API quota\", 10 resets a month), then retry (Authorizers: "
+        "\"Retry its uploads that failed with 45009\"); or wait until 00:00 Beijing time and retry then"
+    )
 
 
 def _record_attempt(run: _Run, number, started, duration_ms, http_status, errcode, errmsg, outcome,
@@ -379,6 +398,28 @@ def upload_retry(*, upload: Upload) -> Upload:
         enqueue_on_commit(upload_image, str(upload.pk))
     upload.refresh_from_db()
     return upload
+
+
+@dataclass
+class BulkRetry:
+    #: Uploads queued again (their task enqueued after commit).
+    retried: list = field(default_factory=list)
+    #: (upload id, why) of the ones that could not be (their bytes were purged).
+    refused: list[tuple] = field(default_factory=list)
+
+
+def uploads_retry_failed_for_quota(*, uploads) -> BulkRetry:
+    """Send again, oldest first, every upload of the queryset `uploads` that failed with 45009: after an
+    operator cleared the quota (or it reset at 00:00 Beijing time). Others in `uploads` are left alone."""
+    report = BulkRetry()
+    for upload in uploads.failed_for_quota().order_by("created_at"):
+        try:
+            upload_retry(upload=upload)
+        except UploadNotRetryable as exc:
+            report.refused.append((upload.pk, str(exc)))
+        else:
+            report.retried.append(upload.pk)
+    return report
 
 
 def uploads_reject_for_authorizer(*, authorizer_id: int, reason: str) -> int:
