@@ -292,7 +292,8 @@ def _next_attempt_number(upload: Upload) -> int:
 
 
 def _record_lost_run(run: _Run) -> None:
-    """The previous run's lease ran out without a result: its worker died or hung, maybe mid-call.
+    """The previous run's lease ran out without a result: its worker died or hung, maybe mid-call, or the
+    run hit the task's soft time limit (uploads/tasks.py keeps its lease and comes back after it).
 
     Recorded as an attempt (WeChat may have received the image), and counted, so that an upload whose
     run kills the worker every time ends as `failed` instead of being redelivered forever.
@@ -300,8 +301,8 @@ def _record_lost_run(run: _Run) -> None:
     upload = run.upload
     number = _next_attempt_number(upload)
     _record_attempt(run, number, upload.started_at or timezone.now(), 0, None, None,
-                    "the worker running the previous attempt was lost before it saved a result; "
-                    "WeChat may or may not have received the image",
+                    "the previous run ended without saving a result (its worker was killed or lost, or "
+                    "the run hit its time limit); WeChat may or may not have received the image",
                     UploadAttempt.Outcome.LOST, None)
     _save_attempts_now(run)
     logger.warning("took over an upload whose worker was lost", extra={"upload_id": str(upload.pk)})
