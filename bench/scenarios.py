@@ -343,12 +343,13 @@ def worker_memory(world: World, *, n: int, warmup: int) -> dict:
 
 def scheduled_refresh(world: World, *, n: int) -> dict:
     """`n` authorizers, all due: the beat job's batches (of 100) run by the worker; then a second run."""
+    from django.conf import settings
     from django.utils import timezone
 
     from openplatform.wechat.simulator import authorization as authz
     from tenants.models import Authorizer, Tenant
     from tenants.services.reconcile import authorizer_ids_due_for_refresh, authorizers_refresh
-    from tenants.tasks import REFRESH_BATCH_SIZE, refresh_authorizer_tokens_batch
+    from tenants.tasks import refresh_authorizer_tokens_batch
 
     started = time.perf_counter()
     state = world.sim.state
@@ -375,8 +376,9 @@ def scheduled_refresh(world: World, *, n: int) -> dict:
         t0 = time.perf_counter()
         due = authorizer_ids_due_for_refresh()
         # What refresh_due_authorizer_tokens sends, without its 0-60 s jitter.
-        for start in range(0, len(due), REFRESH_BATCH_SIZE):
-            refresh_authorizer_tokens_batch.apply_async(args=[due[start : start + REFRESH_BATCH_SIZE]])
+        size = settings.AUTHORIZER_REFRESH_BATCH_SIZE
+        for start in range(0, len(due), size):
+            refresh_authorizer_tokens_batch.apply_async(args=[due[start : start + size]])
         deadline = time.monotonic() + 600
         while ours.filter(token_generation=0, last_error="").exists():
             if time.monotonic() > deadline:

@@ -384,6 +384,10 @@ WEBHOOK_EVENT_RETENTION_DAYS = env.int("WEBHOOK_EVENT_RETENTION_DAYS", default=3
 #: The beat jobs refreshing the component and authorizer tokens run this often; each refreshes the tokens
 #: with less than twice this left (openplatform/core/tokens.py derives its margins from it).
 TOKEN_REFRESH_EVERY_SECONDS = env.int("TOKEN_REFRESH_EVERY_SECONDS", default=240)
+#: The authorizer token job splits the due accounts into batch tasks of this many, each started after a
+#: random delay of up to AUTHORIZER_REFRESH_SPREAD_SECONDS so the refreshes do not all hit WeChat at once.
+AUTHORIZER_REFRESH_BATCH_SIZE = env.int("AUTHORIZER_REFRESH_BATCH_SIZE", default=100)
+AUTHORIZER_REFRESH_SPREAD_SECONDS = env.float("AUTHORIZER_REFRESH_SPREAD_SECONDS", default=60.0)
 #: Other jobs' intervals in seconds, by task name, over their defaults: "uploads.sweep_stuck_uploads=30,...".
 SCHEDULE_EVERY_SECONDS = {task: int(every) for task, every in env.dict("SCHEDULE_EVERY_SECONDS", default={}).items()}
 

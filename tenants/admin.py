@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.db.models import OuterRef
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
-from openplatform.wechat.errors import WeChatError
+from openplatform.component.quota import (
+    quota_reset_annotations,
+    quota_reset_exhausted_message,
+    quota_reset_usage_of,
+)
+from openplatform.wechat.client import CLEAR_QUOTA_MONTHLY_LIMIT
+from openplatform.wechat.errors import ClearQuotaExhausted, QuotaExceeded, WeChatError
 from openplatform.wechat.permissions import PERMISSION_SET_NAMES, permission_set_name
 from tenants.errors import TenantsError
 from tenants.models import Authorizer, AuthorizerTransferRequest, Tenant, TenantAPIKey
 from tenants.services.authorization import authorization_link_create, authorizer_revoke, authorizer_sync_info
+from tenants.services.quota import authorizer_quota_clear
 from tenants.services.tokens import (
     authorizer_access_token_force_refresh,
     authorizer_access_token_replace_leaked,
@@ -122,7 +130,7 @@ class TenantAPIKeyAdmin(APIKeyModelAdmin):
 class AuthorizerAdmin(admin.ModelAdmin):
     list_display = (
         "appid", "nick_name", "tenant", "account_type", "mode", "status", "can_upload",
-        "access_token_expires_at", "short_last_error",
+        "access_token_expires_at", "quota_resets", "short_last_error",
     )
     list_filter = ("status", "account_type", "mode", "tenant")
     search_fields = ("appid", "nick_name", "principal_name", "tenant__slug")
@@ -131,9 +139,9 @@ class AuthorizerAdmin(admin.ModelAdmin):
         "component_appid", "appid", "mode", "account_type", "nick_name", "user_name", "principal_name",
         "permission_sets", "can_upload", "status", "has_refresh_token", "access_token_expires_at",
         "token_generation", "token_refreshed_at", "refresh_count", "last_error", "last_error_at",
-        "authorized_at", "revoked_at", "synced_at", "created_at", "updated_at", "func_info",
+        "authorized_at", "revoked_at", "synced_at", "created_at", "updated_at", "func_info", "quota_resets",
     )
-    actions = ["refresh_token_now", "replace_leaked_token", "resync_from_wechat", "revoke"]
+    actions = ["refresh_token_now", "replace_leaked_token", "resync_from_wechat", "clear_api_quota", "revoke"]
 
     def has_add_permission(self, request):
         return False  # authorizers come from WeChat (onboarding or reconciliation), never from a form
@@ -143,6 +151,18 @@ class AuthorizerAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
         if moved_from is not None:  # the old tenant's queued uploads are rejected, as after a transfer
             authorizer_moved_by_hand(authorizer=obj, from_tenant_id=moved_from)
+
+    def get_queryset(self, request):
+        # Each row's resets this month in the list's own query (one subquery, no query per row).
+        return super().get_queryset(request).annotate(**quota_reset_annotations(OuterRef("appid")))
+
+    def has_clear_quota_permission(self, request) -> bool:
+        """Quota resets are scarce (10 a month per account): only who may record one (`add_quotareset`)."""
+        return request.user.has_perm("openplatform.add_quotareset")
+
+    @admin.display(description=f"API quota resets (of {CLEAR_QUOTA_MONTHLY_LIMIT} a month)")
+    def quota_resets(self, obj: Authorizer) -> str:
+        return str(quota_reset_usage_of(obj, obj.appid))
 
     @admin.display(boolean=True, description="can upload images")
     def can_upload(self, obj: Authorizer) -> bool:
@@ -200,6 +220,41 @@ class AuthorizerAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{authorizer.appid}: {exc}", messages.ERROR)
             else:
                 self.message_user(request, f"{authorizer.appid}: synced at {timezone.now():%H:%M:%S}", messages.SUCCESS)
+
+    @admin.action(
+        description=f"Clear this account's API quota (45009; {CLEAR_QUOTA_MONTHLY_LIMIT} resets a month per account)",
+        permissions=["clear_quota"],
+    )
+    def clear_api_quota(self, request, queryset):
+        """First a page showing each account's resets this month, then `clear_quota` with its token."""
+        if "apply" not in request.POST:
+            return TemplateResponse(request, "admin/tenants/authorizer/clear_quota.html", {
+                **self.admin_site.each_context(request),
+                "title": "Clear these accounts' API quota?",
+                "rows": [(a, quota_reset_usage_of(a, a.appid)) for a in queryset],
+                "limit": CLEAR_QUOTA_MONTHLY_LIMIT,
+                "action": "clear_api_quota",
+                "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+                "opts": self.model._meta,
+            })
+        for authorizer in queryset:
+            try:
+                usage = authorizer_quota_clear(authorizer=authorizer, requested_by=request.user.get_username())
+            except ClearQuotaExhausted:
+                self.message_user(request, quota_reset_exhausted_message(authorizer.appid), messages.ERROR)
+            except QuotaExceeded as exc:  # api_authorizer_token: the component's own quota is spent
+                self.message_user(request, (
+                    f"{authorizer.appid}: no access token to reset its quota with ({exc}): the component's "
+                    "quota is used up; clear the component's API quota first (admin home page)"
+                ), messages.ERROR)
+            except (WeChatError, TenantsError) as exc:
+                self.message_user(request, f"{authorizer.appid}: quota not reset: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, (
+                    f"{authorizer.appid}: API quota cleared; resets used: {usage}. Its uploads that failed with "
+                    "45009 can now be retried (action \"Retry its uploads that failed with 45009\")."
+                ), messages.SUCCESS)
+        return None
 
     @admin.action(description="Revoke (stop using its tokens, reject its queued uploads)")
     def revoke(self, request, queryset):

@@ -6,6 +6,7 @@ import logging
 import random
 
 from celery import shared_task
+from django.conf import settings
 
 from openplatform.component.config import component_config
 from openplatform.component.models import TICKET_STALE_AFTER
@@ -22,9 +23,6 @@ from tenants.services.reconcile import (
 )
 
 logger = logging.getLogger(__name__)
-
-REFRESH_BATCH_SIZE = 100
-REFRESH_JITTER_SECONDS = 60
 
 
 @shared_task(name="tenants.process_component_event", acks_late=True, max_retries=5)
@@ -57,11 +55,13 @@ def refresh_component_token() -> int:
 
 @shared_task(name="tenants.refresh_due_authorizer_tokens")
 def refresh_due_authorizer_tokens() -> int:
-    """Beat: split authorizers expiring within the window into batches, spread over a minute."""
+    """Beat: split authorizers expiring within the window into batches (AUTHORIZER_REFRESH_BATCH_SIZE),
+    their starts spread at random over AUTHORIZER_REFRESH_SPREAD_SECONDS (a minute by default)."""
     ids = authorizer_ids_due_for_refresh(window=SCHEDULED_REFRESH_WINDOW)
-    for start in range(0, len(ids), REFRESH_BATCH_SIZE):
+    size, spread = max(1, settings.AUTHORIZER_REFRESH_BATCH_SIZE), settings.AUTHORIZER_REFRESH_SPREAD_SECONDS
+    for start in range(0, len(ids), size):
         refresh_authorizer_tokens_batch.apply_async(
-            args=[ids[start : start + REFRESH_BATCH_SIZE]], countdown=random.uniform(0, REFRESH_JITTER_SECONDS)
+            args=[ids[start : start + size]], countdown=random.uniform(0, spread)
         )
     return len(ids)
 

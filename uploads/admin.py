@@ -1,4 +1,9 @@
-"""Operator console for uploads: filters, attempts inline, image preview while bytes are kept, retry."""
+"""Operator console for uploads: filters, attempts inline, image preview while bytes are kept, retry.
+
+Also the Authorizer admin's upload action ("Retry its uploads that failed with 45009"): tenants cannot
+import uploads (docs/architecture.md §2), so the tenants' AuthorizerAdmin is registered again here,
+extended with it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,11 @@ import base64
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from tenants.admin import AuthorizerAdmin
+from tenants.models import Authorizer
 from uploads.errors import UploadNotRetryable
 from uploads.models import Upload, UploadAttempt, UploadBlob
-from uploads.services.process import upload_retry
+from uploads.services.process import BulkRetry, upload_retry, uploads_retry_failed_for_quota
 
 
 class UploadAttemptInline(admin.TabularInline):
@@ -49,7 +56,7 @@ class UploadAdmin(admin.ModelAdmin):
     list_select_related = ("tenant", "authorizer")
     date_hierarchy = "created_at"
     inlines = [UploadAttemptInline]
-    actions = ["retry_failed"]
+    actions = ["retry_failed", "retry_failed_for_quota"]
     readonly_fields = (
         "id", "tenant", "authorizer", "requested_by", "api_key", "admin_user", "idempotency_key", "status",
         "preview", "url", "errcode", "errmsg", "permission_required", "permission_granted", "permission_passed",
@@ -86,3 +93,35 @@ class UploadAdmin(admin.ModelAdmin):
                 retried += 1
         if retried:
             self.message_user(request, f"{retried} upload(s) queued again", messages.SUCCESS)
+
+    @admin.action(description="Retry the selected uploads that failed with 45009 (once the quota is cleared)")
+    def retry_failed_for_quota(self, request, queryset):
+        report = uploads_retry_failed_for_quota(uploads=queryset)
+        others = queryset.count() - len(report.retried) - len(report.refused)
+        if others:
+            self.message_user(request, f"{others} selected upload(s) did not fail with 45009: left alone",
+                              messages.WARNING)
+        _report_bulk_retry(self, request, report, what="upload(s) that failed with 45009")
+
+
+def _report_bulk_retry(modeladmin, request, report: BulkRetry, *, what: str) -> None:
+    for pk, why in report.refused:
+        modeladmin.message_user(request, f"{pk}: {why}", messages.WARNING)
+    if report.retried:
+        modeladmin.message_user(request, f"{len(report.retried)} {what} queued again", messages.SUCCESS)
+    elif not report.refused:
+        modeladmin.message_user(request, f"no {what} to retry", messages.INFO)
+
+
+admin.site.unregister(Authorizer)
+
+
+@admin.register(Authorizer)
+class AuthorizerWithUploadsAdmin(AuthorizerAdmin):
+    actions = [*AuthorizerAdmin.actions, "retry_uploads_failed_for_quota"]
+
+    @admin.action(description="Retry its uploads that failed with 45009 (after clearing its API quota)")
+    def retry_uploads_failed_for_quota(self, request, queryset):
+        for authorizer in queryset:
+            report = uploads_retry_failed_for_quota(uploads=Upload.objects.filter(authorizer=authorizer))
+            _report_bulk_retry(self, request, report, what=f"upload(s) of {authorizer.appid} that failed with 45009")

@@ -10,6 +10,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from openplatform.wechat.errors import QuotaExceeded
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 
 
@@ -28,6 +29,11 @@ class UploadQuerySet(models.QuerySet):
 
     def failed(self) -> UploadQuerySet:
         return self.filter(status=self.model.Status.FAILED)
+
+    def failed_for_quota(self) -> UploadQuerySet:
+        """Failed with 45009 (a daily quota, the account's for uploadimg or the component's for its token):
+        worth sending again once the quota is cleared or has reset."""
+        return self.failed().filter(errcode__in=QuotaExceeded.errcodes)
 
     def due(self, *, now: datetime) -> UploadQuerySet:
         """Queued and its backoff (if any) is over: a run may claim it now."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from celery import shared_task
+from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
@@ -30,8 +30,27 @@ def upload_time_limits(lease: float) -> tuple[float, float]:
 SOFT_TIME_LIMIT, HARD_TIME_LIMIT = upload_time_limits(settings.UPLOAD_LEASE_SECONDS)
 
 
+class WorkerTimeLimits(Task):
+    """A task whose time limits are always the worker's own (computed from the worker's lease).
+
+    Celery copies the *publisher's* task-level `time_limit`/`soft_time_limit` into every message it
+    sends, and a worker obeys the message's over its own: an API process whose UPLOAD_LEASE_SECONDS
+    differs from the worker's (or a message queued before the lease was changed) would give runs
+    limits that no longer fit inside the worker's lease. So messages go out without limits and the
+    worker falls back to the task's. (Found by tests/test_task_paths_worker.py: a worker with a 5 s
+    lease ran uploads enqueued by a 90 s-lease process under 72/81 s limits.)
+    """
+
+    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None, link_error=None,
+                    shadow=None, **options):
+        options.setdefault("time_limit", None)
+        options.setdefault("soft_time_limit", None)
+        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+
+
 @shared_task(
     name="uploads.upload_image",
+    base=WorkerTimeLimits,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,

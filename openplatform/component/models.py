@@ -111,3 +111,39 @@ class ComponentEvent(EncryptedSecretsMixin, models.Model):
 
     def get_auth_code(self) -> str | None:
         return self._get_secret("auth_code_ciphertext")
+
+
+class QuotaReset(models.Model):
+    """One reset of an account's API quota asked for by an operator, with WeChat's answer.
+
+    `clear_quota` (with the account's own token) and `component/clear_quota/v2` (with the component's
+    AppSecret) share one budget per account: CLEAR_QUOTA_MONTHLY_LIMIT resets per calendar month,
+    Beijing time, then 48006 (docs/wechat-protocol.md §11). These rows are how the admin shows how much
+    of it is used; resets made elsewhere (the account's own console) count at WeChat but not here,
+    which is why a 48006 answer is recorded too.
+    """
+
+    class Kind(models.TextChoices):
+        COMPONENT = "component", "Component (our platform)"
+        AUTHORIZER = "authorizer", "Authorizer (a merchant's account)"
+
+    #: The account whose quota was reset: the component's appid or an authorizer's.
+    appid = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    #: The WeChat path called.
+    endpoint = models.CharField(max_length=64)
+    #: The admin user who asked for it (a username: the row stays if the user is deleted).
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+    requested_at = models.DateTimeField(default=timezone.now)
+    succeeded = models.BooleanField(default=False)
+    #: WeChat's errcode when it refused; None when it answered 0 or did not answer at all.
+    errcode = models.IntegerField(null=True, blank=True)
+    errmsg = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["appid", "requested_at"], name="quota_reset_appid_time_idx")]
+        ordering = ["-requested_at"]
+
+    def __str__(self) -> str:
+        outcome = "reset" if self.succeeded else f"refused ({self.errcode})" if self.errcode else "no answer"
+        return f"{self.appid} quota {outcome} {self.requested_at:%Y-%m-%d %H:%M}"

@@ -51,6 +51,7 @@ from .types import (
 )
 
 __all__ = [
+    "CLEAR_QUOTA_MONTHLY_LIMIT",
     "AccessToken",
     "AuthorizationInfo",
     "AuthorizerInfo",
@@ -73,6 +74,9 @@ T = TypeVar("T")
 DEFAULT_API_BASE = "https://api.weixin.qq.com"
 #: api_get_authorizer_list accepts at most 500 per page (docs/wechat-protocol.md §8).
 MAX_AUTHORIZER_PAGE = 500
+#: clear_quota and component/clear_quota/v2 together reset one account's quota at most this many times
+#: per calendar month (Beijing time), then answer 48006 (docs/wechat-protocol.md §11).
+CLEAR_QUOTA_MONTHLY_LIMIT = 10
 _SNIPPET_CHARS = 120
 
 _JPEG_MAGIC = b"\xff\xd8\xff"

@@ -257,7 +257,10 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
                             None)
             if retry_later:
                 return _transient(run, exc, "could not get an access token")
-            return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=f"access token: {exc}")
+            errmsg = f"access token: {exc}"
+            if isinstance(exc, QuotaExceeded):
+                errmsg += "; " + _token_quota_hint(authorizer)
+            return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=errmsg)
 
         # Ownership, re-read right before the call: the account may have moved to another tenant while
         # this upload waited or fetched a token (an approved transfer request, the admin form); the
@@ -320,7 +323,8 @@ def _next_attempt_number(upload: Upload) -> int:
 
 
 def _record_lost_run(run: _Run) -> None:
-    """The previous run's lease ran out without a result: its worker died or hung, maybe mid-call.
+    """The previous run's lease ran out without a result: its worker died or hung, maybe mid-call, or the
+    run hit the task's soft time limit (uploads/tasks.py keeps its lease and comes back after it).
 
     Recorded as an attempt (WeChat may have received the image), and counted, so that an upload whose
     run kills the worker every time ends as `failed` instead of being redelivered forever.
@@ -328,8 +332,8 @@ def _record_lost_run(run: _Run) -> None:
     upload = run.upload
     number = _next_attempt_number(upload)
     _record_attempt(run, number, upload.started_at or timezone.now(), 0, None, None,
-                    "the worker running the previous attempt was lost before it saved a result; "
-                    "WeChat may or may not have received the image",
+                    "the previous run ended without saving a result (its worker was killed or lost, or "
+                    "the run hit its time limit); WeChat may or may not have received the image",
                     UploadAttempt.Outcome.LOST, None)
     _save_attempts_now(run)
     logger.warning("took over an upload whose worker was lost", extra={"upload_id": str(upload.pk)})
@@ -360,12 +364,28 @@ def _explain(exc: WeChatError, authorizer: Authorizer) -> str:
     if isinstance(exc, PermissionDenied):
         text += "; " + uploadimg_hint(is_mini_program=authorizer.is_mini_program, errcode=exc.errcode)
     elif isinstance(exc, QuotaExceeded):
-        text += "; the account's daily uploadimg quota is used up: retry after it resets (00:00 Beijing time)"
+        text += (
+            "; the account's daily uploadimg quota is used up. An operator can clear it now in the admin "
+            "(Authorizers: \"Clear this account's API quota\", 10 resets a month per account), then retry "
+            "(Authorizers: \"Retry its uploads that failed with 45009\"); or wait until the quota resets at "
+            "00:00 Beijing time and retry then"
+        )
     elif isinstance(exc, TokenInvalid):
         text += "; WeChat refused a freshly refreshed token too"
     elif isinstance(exc, InvalidPayload):
         text += "; WeChat refused the image itself"
     return text
+
+
+def _token_quota_hint(authorizer: Authorizer) -> str:
+    """What to do when the token endpoint answered 45009 (docs/wechat-protocol.md §11)."""
+    if authorizer.mode == Authorizer.Mode.DIRECT:
+        return "the account's daily stable_token quota is used up: retry after it resets (00:00 Beijing time)"
+    return (
+        "the component's daily api_authorizer_token quota is used up. An operator can clear it now (admin "
+        "home page: \"clear the component's API quota\", 10 resets a month), then retry (Authorizers: "
+        "\"Retry its uploads that failed with 45009\"); or wait until 00:00 Beijing time and retry then"
+    )
 
 
 def _record_attempt(run: _Run, number, started, duration_ms, http_status, errcode, errmsg, outcome,
@@ -410,6 +430,28 @@ def upload_retry(*, upload: Upload) -> Upload:
         enqueue_on_commit(upload_image, str(upload.pk))
     upload.refresh_from_db()
     return upload
+
+
+@dataclass
+class BulkRetry:
+    #: Uploads queued again (their task enqueued after commit).
+    retried: list = field(default_factory=list)
+    #: (upload id, why) of the ones that could not be (their bytes were purged).
+    refused: list[tuple] = field(default_factory=list)
+
+
+def uploads_retry_failed_for_quota(*, uploads) -> BulkRetry:
+    """Send again, oldest first, every upload of the queryset `uploads` that failed with 45009: after an
+    operator cleared the quota (or it reset at 00:00 Beijing time). Others in `uploads` are left alone."""
+    report = BulkRetry()
+    for upload in uploads.failed_for_quota().order_by("created_at"):
+        try:
+            upload_retry(upload=upload)
+        except UploadNotRetryable as exc:
+            report.refused.append((upload.pk, str(exc)))
+        else:
+            report.retried.append(upload.pk)
+    return report
 
 
 def uploads_reject_for_authorizer(*, authorizer_id: int, reason: str, tenant_id: int | None = None) -> int:
