@@ -3,10 +3,10 @@
 State machine: queued -> uploading (claimed with a lease) -> succeeded | failed | rejected, or back to
 queued with `next_attempt_at` for a transient error. A claim is a conditional UPDATE, so two
 deliveries of the same task never upload concurrently; a delivery that finds a live lease is told
-to come back when the lease ends (the lease outlives the task's hard time limit). A run writes its
-result only while it still holds its lease (compare-and-set on `lease_until`), together with its
-attempt rows in one transaction. A run that finds an expired lease takes over and records the lost
-run as an attempt, so an upload that kills its worker every time still ends, as `failed`.
+to come back when the lease ends (no run starts an upload call that could outlast its lease). A run
+writes its result only while it still holds its lease (compare-and-set on `lease_until`), together
+with its attempt rows in one transaction. A run that finds an expired lease takes over and records
+the lost run as an attempt, so an upload that kills its worker every time still ends, as `failed`.
 
 45009 (daily quota) fails the upload with a clear message rather than deferring it until the quota
 resets (midnight Beijing time): a merchant expects an answer within minutes, and the admin
@@ -248,6 +248,10 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
                 return _transient(run, exc, "could not get an access token")
             return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=f"access token: {exc}")
 
+        if _lease_too_short_for_a_call(run):
+            return _requeue(run, retry_delay(upload.attempts), errcode=None, errmsg=(
+                "not sent: too little of this run's lease was left for an upload call; sent again later"
+            ))
         number = _next_attempt_number(upload)
         started = timezone.now()
         t0 = time.perf_counter()
@@ -281,6 +285,19 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
         _record_attempt(run, number, started, result.latency_ms, result.http_status, 0, "ok",
                         UploadAttempt.Outcome.SUCCEEDED, lease.generation)
         return _finish(run, Upload.Status.SUCCEEDED, url=result.url, errcode=0, errmsg="")
+
+
+def _lease_too_short_for_a_call(run: _Run) -> bool:
+    """Whether the upload call might outlast the lease (docs/architecture.md §3.5): then it is not started.
+
+    On the threads pool no time limit stops a run (uploads/tasks.py): its lease and its calls' timeouts
+    bound it. A call waits at most WECHAT_HTTP_TIMEOUT to connect and as long again for its answer (one
+    short JSON line); with a second for the result's write, a call started with less of the lease left
+    could still be in flight when another run takes the upload over and sends it again. Usually the
+    call starts milliseconds after the claim; only a slow token refresh before it gets here.
+    """
+    budget = 2 * settings.WECHAT_HTTP_TIMEOUT + 1
+    return (run.lease_until - timezone.now()).total_seconds() < budget
 
 
 def _next_attempt_number(upload: Upload) -> int:
