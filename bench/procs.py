@@ -123,6 +123,9 @@ def start_workers(config: WorkerConfig, log: Path) -> list[Process]:
         argv = [
             str(VENV_BIN / "celery"), "-A", "openplatform", "worker",
             "--pool", config.pool, "--concurrency", str(config.concurrency), "--loglevel", "WARNING",
+            # Uploads are routed to their own queue (settings.CELERY_TASK_ROUTES); anything else the
+            # bench sends goes to the default one.
+            "-Q", "uploads,celery",
             "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench{i}-{os.getpid()}@%h",
         ]
         workers.append(Process(f"celery worker {i}", argv, log))

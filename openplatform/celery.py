@@ -17,7 +17,12 @@ def _close_old_db_connections(sender=None, **kwargs) -> None:
     """Around each task, what Django does around each request: drop a connection that failed or
     outlived CONN_MAX_AGE, and health-check it before reuse (CONN_HEALTH_CHECKS). Celery itself only
     recycles connections every CELERY_DB_REUSE_MAX tasks (settings.py). Never in eager mode: a test's
-    transaction must keep its connection."""
+    transaction must keep its connection.
+
+    The signals fire in the thread that runs the task, and Django's connections are per thread: on the
+    threads pool each thread keeps its own connection across its tasks and this checks that one. So a
+    worker holds one PostgreSQL connection per thread that has run a task (at most --concurrency), a
+    prefork worker one per pool process (deploy/OPERATIONS.md, "PostgreSQL connections")."""
     if getattr(getattr(sender, "request", None), "is_eager", False):
         return
     from django.db import close_old_connections

@@ -113,8 +113,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     VAR_DIR.mkdir(parents=True, exist_ok=True)
 else:
+    # Kept open across requests and tasks: one connection per gunicorn thread and per worker thread or
+    # process (deploy/OPERATIONS.md, "PostgreSQL connections").
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # DATABASE_URL points at a pooler in transaction mode (PgBouncer `pool_mode = transaction`): each
+    # transaction may get another server connection, so a cursor must not outlive its transaction
+    # (Django's server-side cursors for .iterator() do, WITH HOLD). Prepared statements are already
+    # off: Django's psycopg 3 backend leaves prepare_threshold at None unless OPTIONS sets it.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DATABASE_TRANSACTION_POOLING", default=False)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -249,7 +256,20 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # With acks_late, a message whose worker died is redelivered after this long.
         "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=600),
+        # ...by a worker's sweep of unacknowledged messages, every 10 s (kombu scans on every 10th by
+        # default: 100 s). On the threads pool a lost worker is the whole process, and nothing hands its
+        # messages back at once (prefork's WorkerLostError does for a lost pool process): this sweep does.
+        "unacked_restore_throttle": 1,
     }
+# Two queues, two kinds of worker (docs/architecture.md §4, "Workers"). An upload is almost all waiting
+# for WeChat, so `uploads` runs on a threads pool sized for calls in flight (`--pool threads -Q uploads`);
+# every other task (token refresh batches, reconciliation, sweepers, purges, component events) stays on
+# the default queue, `celery`, run by a prefork worker (`--pool prefork -Q celery`), where the time limits
+# below are enforced and a CPU-heavy or long job cannot hold up uploads. A webhook delivery is waiting
+# too (a receiver has up to WEBHOOK_TIMEOUT_SECONDS), bounded by its timeout and its lease: it shares the
+# I/O pool.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {"uploads.upload_image": {"queue": "uploads"}, "webhooks.deliver": {"queue": "uploads"}}
 CELERY_TASK_ALWAYS_EAGER = False
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
@@ -259,6 +279,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Enforced by the prefork pool only: a threads pool cannot stop a thread, and ignores both. Uploads are
+# bounded by their lease and per-call timeouts instead (uploads/tasks.py).
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=120)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=100)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -267,7 +289,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # so each upload task opened a new PostgreSQL connection (a server process, authentication, cold
 # caches). With it, workers keep their connections as web processes do, CONN_MAX_AGE and
 # CONN_HEALTH_CHECKS apply per task (openplatform/celery.py), and Celery still recycles them after this
-# many tasks.
+# many tasks. Django's connections are per thread: a threads-pool worker holds one per thread that has
+# run a task (at most its --concurrency), a prefork worker one per pool process.
 CELERY_DB_REUSE_MAX = 1000
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
@@ -355,6 +378,13 @@ CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 # --- Uploads ---
 #: A worker owns an `uploading` upload this long; must outlive every timeout inside one task run.
 UPLOAD_LEASE_SECONDS = env.int("UPLOAD_LEASE_SECONDS", default=90)
+# A run starts an upload call only with 2 x WECHAT_HTTP_TIMEOUT + 1 s of its lease left (uploads/services/
+# process.py): with a shorter lease no upload would ever be sent.
+if UPLOAD_LEASE_SECONDS <= 2 * WECHAT_HTTP_TIMEOUT + 1:
+    raise ImproperlyConfigured(
+        f"UPLOAD_LEASE_SECONDS ({UPLOAD_LEASE_SECONDS}) must be longer than 2 x WECHAT_HTTP_TIMEOUT + 1 s "
+        f"({2 * WECHAT_HTTP_TIMEOUT + 1:g} s): a run needs that much of its lease left to start an upload call"
+    )
 UPLOAD_MAX_ATTEMPTS = env.int("UPLOAD_MAX_ATTEMPTS", default=6)
 UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=2.0)
 UPLOAD_RETRY_MAX_SECONDS = env.float("UPLOAD_RETRY_MAX_SECONDS", default=60.0)

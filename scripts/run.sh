@@ -28,7 +28,7 @@ echo "make run: database ${DATABASE_URL:-sqlite (${VAR_DIR:-var}/db.sqlite3)}, b
 
 # Stopping. honcho starts each process in a session of its own and, on SIGINT/SIGTERM, sends SIGTERM to
 # each process group, then SIGKILL 5 s after the first one exits. Alone that is not enough: a closed
-# terminal (SIGHUP) or a SIGKILL ends honcho alone and orphans every process, and the prefork worker,
+# terminal (SIGHUP) or a SIGKILL ends honcho alone and orphans every process, and the prefork (jobs) worker,
 # whose pool children get the SIGTERM too, can hang in its warm shutdown. So this shell stays in front
 # of honcho and, when it ends, stops whatever of this run is still there: every process of the run
 # carries MAKE_RUN_ID in its environment, which /proc shows even once a process is orphaned.

@@ -298,6 +298,7 @@ def published_tasks():
 from tests.worker import (  # noqa: E402,F401
     _supervise_celery_worker,
     celery_worker,
+    jobs_worker,
     worker_broker,
     worker_concurrency,
     worker_env,

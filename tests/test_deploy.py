@@ -30,6 +30,7 @@ from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 
 from openplatform.component.models import ComponentVerifyTicket
+from tests.worker import JOBS_WORKER_ARGS, UPLOADS_WORKER_ARGS
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -113,6 +114,24 @@ def test_allow_missing_component_lets_build_steps_import_the_settings(tmp_path):
     # ...but it lifts only the component's credentials, never the secrets
     result = manage({**env, "SECRET_KEY": ""}, "check")
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def test_a_lease_too_short_for_one_upload_call_is_refused(tmp_path):
+    # A run starts an upload call only with 2 x WECHAT_HTTP_TIMEOUT + 1 s of its lease left.
+    result = manage(production_env(tmp_path, UPLOAD_LEASE_SECONDS="21", WECHAT_HTTP_TIMEOUT="10"), "check")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "UPLOAD_LEASE_SECONDS" in result.stderr
+    assert manage(production_env(tmp_path, UPLOAD_LEASE_SECONDS="22", WECHAT_HTTP_TIMEOUT="10"), "check").returncode == 0
+
+
+@pytest.mark.parametrize(("value", "disabled"), [("", False), ("1", True)])
+def test_transaction_pooling_turns_server_side_cursors_off(tmp_path, value, disabled):
+    env = production_env(tmp_path, DATABASE_URL="postgres://u:p@pgbouncer:6432/openplatform",
+                         DATABASE_TRANSACTION_POOLING=value)
+    result = manage(env, "shell", "-c",
+                    "from django.conf import settings; print(settings.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'])")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == str(disabled)
 
 
 def test_production_env_passes_check_deploy_without_security_warnings(tmp_path):
@@ -307,11 +326,14 @@ def test_compose_services():
     beats = [name for name, svc in services.items() if "beat" in (svc.get("command") or [])]
     assert beats == ["beat"]
     assert services["beat"]["deploy"]["replicas"] == 1
-    assert services["worker"]["command"][:4] == ["celery", "-A", "openplatform", "worker"]
+    for name in ["worker", "jobs"]:
+        assert services[name]["command"][:4] == ["celery", "-A", "openplatform", "worker"]
+    assert _pool_and_queues(services["worker"]["command"]) == _pool_and_queues(UPLOADS_WORKER_ARGS)
+    assert _pool_and_queues(services["jobs"]["command"]) == _pool_and_queues(JOBS_WORKER_ARGS)
     assert "command" not in services["web"]  # the image's gunicorn
     assert services["migrate"]["command"][1:3] == ["manage.py", "migrate"]
     assert services["migrate"]["restart"] == "no"
-    for name in ["web", "worker", "beat"]:
+    for name in ["web", "worker", "jobs", "beat"]:
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     for name, svc in services.items():
         assert ("profiles" in svc) == (name == "simulator"), name
@@ -347,20 +369,55 @@ def test_docker_compose_config_validates(profile):
     result = subprocess.run([*args, "config", "--format", "json"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
-    expected = {"postgres", "redis", "migrate", "web", "worker", "beat"} | ({"simulator"} if profile else set())
+    expected = {"postgres", "redis", "migrate", "web", "worker", "jobs", "beat"} | ({"simulator"} if profile else set())
     assert set(services) == expected
     assert services["web"]["environment"]["DATABASE_URL"].startswith("postgres://openplatform:CHANGE_ME@postgres:5432/")
 
 
-def test_procfile_runs_web_worker_and_one_beat():
-    procs = dict(
-        line.split(":", 1) for line in (DEPLOY / "Procfile").read_text().splitlines()
-        if line and not line.startswith("#")
+def _pool_and_queues(argv) -> tuple[str | None, str | None]:
+    """A `celery worker` command's pool and queues (the defaults when not given: prefork, `celery`)."""
+    argv, pool, queues = list(argv), "prefork", "celery"
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag in ("-P", "--pool"):
+            pool = value
+        elif flag in ("-Q", "--queues"):
+            queues = value
+    return pool, queues
+
+
+def _procfile(path: Path) -> dict[str, str]:
+    return dict(
+        line.split(":", 1) for line in path.read_text().splitlines() if line and not line.startswith("#")
     )
-    assert set(procs) == {"web", "worker", "beat"}
+
+
+def test_procfile_runs_web_two_workers_and_one_beat():
+    procs = _procfile(DEPLOY / "Procfile")
+    assert set(procs) == {"web", "worker", "jobs", "beat"}
     assert shlex.split(procs["web"])[:2] == ["gunicorn", "openplatform.wsgi"]
     assert shlex.split(procs["worker"])[:4] == ["celery", "-A", "openplatform", "worker"]
+    assert shlex.split(procs["jobs"])[:4] == ["celery", "-A", "openplatform", "worker"]
     assert shlex.split(procs["beat"])[:4] == ["celery", "-A", "openplatform", "beat"]
+
+
+def test_uploads_run_on_the_threads_pool_alike_in_deploy_make_run_and_the_tests():
+    """Deploy, `make run` and the real-worker tests (tests/worker.py) run the same two workers: uploads
+    on the threads pool, every other task on the default queue on prefork; and uploads are routed there."""
+    uploads, jobs = _pool_and_queues(UPLOADS_WORKER_ARGS), _pool_and_queues(JOBS_WORKER_ARGS)
+    assert uploads == ("threads", "uploads") and jobs == ("prefork", "celery")
+    for procfile in [DEPLOY / "Procfile", REPO / "Procfile.dev"]:
+        procs = _procfile(procfile)
+        assert _pool_and_queues(shlex.split(procs["worker"])) == uploads, procfile
+        assert _pool_and_queues(shlex.split(procs["jobs"])) == jobs, procfile
+    from openplatform.celery import app
+
+    def queue(task: str) -> str:
+        return app.amqp.router.route({}, task)["queue"].name
+
+    assert queue("uploads.upload_image") == "uploads"
+    for task in ["uploads.sweep_stuck_uploads", "uploads.purge_image_bytes", "tenants.process_component_event",
+                 "tenants.refresh_authorizer_tokens_batch", "tenants.reconcile_authorizers"]:
+        assert queue(task) == "celery", task
 
 
 # --- start_push_ticket --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ only after a call whose outcome we could not learn:
    over, records the lost run as an attempt with outcome `lost` ("WeChat may or may not have
    received the image") and sends again. So duplicates <= number of `lost` attempts, per upload; an
    upload without a `lost` attempt is on WeChat exactly once. A run killed before its request left
-   costs a `lost` attempt but no duplicate; killing an idle pool process costs nothing.
+   costs a `lost` attempt but no duplicate; killing an idle worker costs nothing.
 2. Broker restarted (drill 2): 0. The broker only carries "look at upload X"; the claim (a conditional
    UPDATE with a lease) makes redelivered, re-enqueued or duplicated messages harmless, and every run
    still writes its result to the database, which stays up. Restarted once keeping its data (unacked
@@ -46,7 +46,6 @@ lost attempts, uploads the sweeper re-enqueued, seconds to drain after the fault
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -216,21 +215,20 @@ def report(capsys, drill: Drill, rec: Reconciliation, drain_seconds: float, **ex
 
 
 def test_drill_worker_sigkill_mid_burst(celery_worker, api_client, authorizer, component, sweeper, capsys):
-    """Pool processes SIGKILLed mid-call, then the whole worker; a fresh worker and the sweeper recover."""
+    """The worker SIGKILLed mid-call twice; fresh workers, redelivery and the sweeper recover."""
     component.set_latency(UPLOADIMG, 0.5)
     drill = Drill("worker SIGKILL", api_client, authorizer, seed=1)
     drill.submit(30)
 
-    # 1. Kill the pool processes while they wait for WeChat (the main process forks new ones).
+    # 1. Kill the worker while its threads wait for WeChat (a crash, the OOM killer: on the threads pool
+    #    the uploads in flight all live in the one worker process); the supervisor starts a new one.
     wait_until(lambda: drill.count("succeeded") >= 4 and drill.count("uploading") >= 2, timeout=30,
                message="uploads in flight")
-    children = celery_worker.children()
-    assert children, "no prefork children found"
-    for pid in children:
-        os.kill(pid, signal.SIGKILL)
+    assert celery_worker.kill() == -signal.SIGKILL
+    assert celery_worker.ensure_running()
     drill.submit(5)
 
-    # 2. Kill the whole worker (main process and pool) mid-burst, and start a fresh one.
+    # 2. Kill it again mid-burst, and start a fresh one by hand while uploads keep coming.
     done = drill.count("succeeded")
     wait_until(lambda: drill.count("succeeded") >= done + 4 and drill.count("uploading") >= 2, timeout=30,
                message="uploads in flight again")
@@ -252,7 +250,7 @@ def test_drill_worker_sigkill_mid_burst(celery_worker, api_client, authorizer, c
             f"{upload.pk} is on WeChat {extra + 1} times but lost only {lost[upload.pk]} runs"
         )
     assert rec.duplicates <= sum(lost.values())
-    report(capsys, drill, rec, drain, killed_children=len(children))
+    report(capsys, drill, rec, drain, worker_kills=2)
 
 
 def test_drill_broker_restarted_mid_burst(celery_worker, worker_broker, api_client, authorizer, component,
@@ -408,7 +406,7 @@ def test_drill_one_in_five_calls_failing(celery_worker, api_client, authorizer, 
            calls=sum(seen.values()), failed_calls=sum(v for (_, k), v in seen.items() if k != "ok") + timeouts)
 
 
-def test_drill_webhook_receiver_down_for_a_while(celery_worker, api_client, authorizer, component, sweeper,
+def test_drill_webhook_receiver_down_for_a_while(celery_worker, jobs_worker, api_client, authorizer, component, sweeper,
                                                  receiver, loopback_allowed, monkeypatch, capsys):
     """The merchant's receiver is down during a burst and for a while after: every event arrives later."""
     monkeypatch.setattr("webhooks.tasks.STUCK_AFTER", STUCK_QUEUED_AFTER)

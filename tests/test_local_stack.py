@@ -227,9 +227,11 @@ def test_make_run_leaves_no_process_behind(tmp_path, command, how, returncode):
     proc, log, marker, web_port = _start(tmp_path, command)
     try:
         _wait_for_banner(proc, log, timeout=60)
-        # The prefork worker and its pool children are up (the pool is what once outlived the run).
+        # Both workers are up: uploads on threads (one process), the jobs worker on prefork with its pool
+        # child (the pool is what once outlived the run).
         workers = [pid for pid in _run_processes(marker) if " worker " in _cmdline(pid)]
         assert len(workers) >= 3, workers
+        assert {"threads", "prefork"} <= {_cmdline(pid).split(" --pool ")[-1].split()[0] for pid in workers}
 
         signalled = time.monotonic()
         if how == "sigterm":

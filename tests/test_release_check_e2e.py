@@ -1,6 +1,6 @@
 """WeChat's full-network release check against our own service (issue 12, point 6): the simulator plays
 WeChat's dedicated test account and sends its two messages to our per-authorizer message URL on a live
-server; a real Celery worker runs the API step."""
+server; a real Celery worker (the jobs worker, as deploy runs it) runs the API step."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def release_component(component, live_server, settings):
 
 
 @pytest.mark.parametrize("account_type", ["official_account", "mini_program"])
-def test_our_service_passes_the_release_check(celery_worker, release_component, account_type):
+def test_our_service_passes_the_release_check(jobs_worker, release_component, account_type):
     report = release_component.run_release_test(APPID, account_type=account_type, wait=30)
 
     assert report["passed"], report["steps"]

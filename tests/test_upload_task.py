@@ -520,6 +520,30 @@ def test_a_run_that_outlived_its_lease_does_not_overwrite_the_new_owner(authoriz
     assert upload.url == component.uploads()[0]["url"]  # the takeover's call was answered first
 
 
+def test_no_upload_call_is_started_that_could_outlast_the_lease(authorizer, component, make_upload, settings):
+    """No time limit stops a run on the threads pool: a call that could still be in flight when the lease
+    ends (and another run takes over and sends again) is not started; the upload goes back to the queue."""
+    settings.UPLOAD_LEASE_SECONDS = 6
+    settings.WECHAT_HTTP_TIMEOUT = 2  # a call needs 2 x 2 + 1 = 5 s of the lease
+    upload = make_upload(authorizer)
+    expire_access_token(authorizer)
+    component.set_latency(AUTHORIZER_TOKEN, 1.5)  # the refresh leaves 4.5 s of the lease
+
+    first = upload_process(upload_id=upload.pk)
+
+    upload.refresh_from_db()
+    assert first.status == "queued" and first.retry_in > 0
+    assert upload.status == Upload.Status.QUEUED and upload.lease_until is None
+    assert "lease" in upload.errmsg and upload.attempts == 0
+    assert sim_count(component, UPLOADIMG) == 0 and attempts_of(upload) == []
+    assert sim_count(component, AUTHORIZER_TOKEN) == 1
+
+    # The next run has the token at hand and its whole lease: it sends.
+    assert run_again(upload).status == "succeeded"
+    assert [a.outcome for a in attempts_of(upload)] == ["succeeded"]
+    assert sim_count(component, UPLOADIMG) == 1 and sim_count(component, AUTHORIZER_TOKEN) == 1
+
+
 # -- scheduled jobs -------------------------------------------------------------------------------------------
 
 

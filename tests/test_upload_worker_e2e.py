@@ -6,7 +6,6 @@ ground truth for what reached "WeChat".
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from datetime import timedelta
@@ -15,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from tests.fixtures import image_bytes, media_file, sim_count
-from tests.worker import wait_until
+from tests.worker import WORKER_DB_APPLICATION_NAME, wait_until
 from uploads.models import Upload, UploadAttempt
 from uploads.tasks import sweep_stuck_uploads
 
@@ -122,26 +121,57 @@ def test_tokens_invalidated_mid_run_cost_one_refresh(celery_worker, api_client, 
     assert {s["access_token"] for s in answered} == {authorizer.get_access_token()}
 
 
-def test_a_worker_child_killed_mid_upload_does_not_lose_the_upload(
-    celery_worker, api_client, authorizer, component
+def test_the_worker_holds_one_database_connection_per_thread_kept_across_tasks(
+    celery_worker, worker_concurrency, api_client, authorizer, component
 ):
+    """deploy/OPERATIONS.md, "PostgreSQL connections": a worker holds one connection per thread, at most
+    --concurrency, and keeps it across tasks (not one per task)."""
+    from django.db import connection
+
+    def worker_backends() -> set[int]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND application_name = %s", [WORKER_DB_APPLICATION_NAME])
+            return {pid for (pid,) in cursor.fetchall()}
+
+    component.set_latency(UPLOADIMG, 0.2)  # every thread busy at once
+    ids = [submit(api_client, authorizer, distinct_png(i)) for i in range(12)]
+    seen: set[int] = set()
+    most = 0
+
+    def sample_until_final() -> bool:
+        nonlocal most
+        backends = worker_backends()
+        seen.update(backends)
+        most = max(most, len(backends))
+        return Upload.objects.filter(pk__in=ids, status__in=FINAL).count() == len(ids)
+
+    wait_until(sample_until_final, timeout=60, interval=0.05, message="12 uploads to finish")
+
+    assert most == worker_concurrency
+    # 12 tasks on at most 2 x the threads' connections: CONN_MAX_AGE may renew each one once meanwhile.
+    assert len(seen) <= 2 * worker_concurrency < len(ids)
+
+
+def test_a_worker_killed_mid_upload_does_not_lose_the_upload(celery_worker, api_client, authorizer, component):
     component.set_latency(UPLOADIMG, 3)
     upload_id = submit(api_client, authorizer, image_bytes())
     # The request has reached the simulator, which answers only after 3 s.
     wait_until(lambda: sim_count(component, UPLOADIMG) == 1, timeout=20, message="the upload to reach WeChat")
 
-    children = celery_worker.children()
-    assert children, "no prefork children found"
-    for pid in children:  # SIGKILL: no cleanup, no result, no ack
-        os.kill(pid, signal.SIGKILL)
+    # SIGKILL: no cleanup, no result, no ack. The threads pool runs uploads inside the worker process,
+    # so a crash or the OOM killer takes the whole worker; the supervisor (wait_final) starts a new one.
+    assert celery_worker.kill() == -signal.SIGKILL
+    restarts = celery_worker.restarts
     component.set_latency(UPLOADIMG, 0)
 
     (upload,) = wait_final([upload_id], celery_worker, timeout=60).values()
 
     assert upload.status == "succeeded", upload.errmsg
-    outcomes = list(UploadAttempt.objects.filter(upload=upload).order_by("number").values_list("outcome", flat=True))
-    assert outcomes == ["lost", "succeeded"]
-    assert "WorkerLostError" in celery_worker.log() or "SIGKILL" in celery_worker.log()
+    attempts = list(UploadAttempt.objects.filter(upload=upload).order_by("number"))
+    assert [a.outcome for a in attempts] == ["lost", "succeeded"]
+    # The unacknowledged message came back to the restarted worker, which took the upload over.
+    assert celery_worker.restarts == restarts + 1 and attempts[1].started_at >= celery_worker.started_at
     sent = [s for s in component.uploads() if s["sha256"] == upload.sha256]
     assert len(sent) == 2 and upload.url in {s["url"] for s in sent}
 

@@ -44,7 +44,7 @@ def delivered(receiver, worker, count: int, timeout: float = 40):
 
 
 def test_an_upload_is_delivered_by_the_worker_signed(
-    celery_worker, loopback_allowed, receiver, api_client, authorizer, component
+    celery_worker, jobs_worker, loopback_allowed, receiver, api_client, authorizer, component
 ):
     endpoint = add_endpoint(api_client, receiver.url, events=["upload.succeeded"])
 
@@ -62,7 +62,7 @@ def test_an_upload_is_delivered_by_the_worker_signed(
 
 
 def test_receiver_down_is_retried_by_the_worker_and_delivered_later(
-    celery_worker, loopback_allowed, receiver, api_client, authorizer, component
+    celery_worker, jobs_worker, loopback_allowed, receiver, api_client, authorizer, component
 ):
     endpoint = add_endpoint(api_client, receiver.url, events=["upload.succeeded"])
     receiver.stop()
@@ -84,7 +84,7 @@ def test_receiver_down_is_retried_by_the_worker_and_delivered_later(
 
 
 def test_broker_down_at_the_state_change_is_still_delivered(
-    celery_worker, worker_broker, loopback_allowed, receiver, api_client, authorizer, component, monkeypatch
+    celery_worker, jobs_worker, worker_broker, loopback_allowed, receiver, api_client, authorizer, component, monkeypatch
 ):
     if not worker_broker.can_restart:
         pytest.skip("needs the redis-server binary to stop and restart a private broker")
@@ -105,6 +105,7 @@ def test_broker_down_at_the_state_change_is_still_delivered(
 
     def swept_and_delivered() -> bool:
         celery_worker.ensure_running()  # as a supervisor would, should the worker die on the reconnect
+        jobs_worker.ensure_running()
         sweep_webhook_deliveries()  # beat's job, every minute in production
         return bool(receiver.received)
 

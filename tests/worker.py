@@ -1,17 +1,21 @@
-"""A real Celery worker process (and its own Redis broker) for end-to-end tests.
+"""Real Celery worker processes (and their own Redis broker) for end-to-end tests.
 
-`celery_worker` (module scope) starts `celery -A openplatform worker --concurrency 2 -Q celery` against
-the test database, the in-process simulator and a Redis broker, waits until it says it is ready, and
-stops it afterwards. The broker is a private `redis-server` on a free port when the binary is installed
-(so a test may stop and restart it without touching anyone else's Redis), else TEST_REDIS_URL,
-purged first. The test process's own Celery app is pointed at the same broker meanwhile.
+Started the way deploy starts them (deploy/Procfile, deploy/compose.yaml; tests/test_deploy.py checks
+that the arguments agree): `celery_worker` (module scope) is the uploads worker, `celery -A openplatform
+worker --pool threads -Q uploads --concurrency 2`; `jobs_worker` is the worker for every other task,
+`--pool prefork -Q celery`, for the tests that need one. Each runs against the test database, the
+in-process simulator and a Redis broker, is waited for until it says it is ready, and is stopped
+afterwards. The broker is a private `redis-server` on a free port when the binary is installed (so a
+test may stop and restart it without touching anyone else's Redis), else TEST_REDIS_URL, purged first.
+The test process's own Celery app is pointed at the same broker meanwhile.
 
 A test module may override the module-scoped `worker_env` (extra environment for the worker, e.g. a
-shorter lease) and `worker_concurrency` fixtures. The worker's database connections carry the
-application name `WORKER_DB_APPLICATION_NAME`, so a test can find (and terminate) exactly those
-backends: `terminate_worker_db_connections()`. `CeleryWorker.kill()` / `.start()` SIGKILL the whole
-worker and start a fresh one; `RedisBroker.stop(keep_data=True)` saves the broker's data first, so a
-restart loses nothing (the default loses every message, as a broker without persistence does).
+shorter lease) and `worker_concurrency` (the uploads worker's threads) fixtures. The workers' database
+connections carry the application name `WORKER_DB_APPLICATION_NAME`, so a test can find (and terminate)
+exactly those backends: `terminate_worker_db_connections()`. `CeleryWorker.kill()` SIGKILLs the whole
+worker (a crash, the OOM killer) and `.start()` or `.ensure_running()` (the supervisor) starts a fresh
+one; `RedisBroker.stop(keep_data=True)` saves the broker's data first, so a restart loses nothing (the
+default loses every message, as a broker without persistence does).
 
 Loaded as fixtures through tests/fixtures.py; tests using them are marked `@pytest.mark.worker`.
 """
@@ -27,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -47,6 +52,13 @@ WORKER_ENV = {
     "CELERY_VISIBILITY_TIMEOUT": "30",
 }
 
+
+#: How deploy runs its two workers (deploy/Procfile, deploy/compose.yaml, Procfile.dev): uploads on the
+#: threads pool, every other task on the default queue on a prefork pool (docs/architecture.md §4).
+UPLOADS_WORKER_ARGS = ("--pool", "threads", "-Q", "uploads")
+JOBS_WORKER_ARGS = ("--pool", "prefork", "-Q", "celery")
+#: Every queue a worker of the tests consumes, purged before a worker starts.
+QUEUES = ("uploads", "celery")
 
 #: `application_name` of the worker's PostgreSQL connections (pg_stat_activity), so tests can pick them out.
 WORKER_DB_APPLICATION_NAME = "e2e-celery-worker"
@@ -135,10 +147,14 @@ class SharedBroker:
 
 
 class CeleryWorker:
-    def __init__(self, env: dict[str, str], logfile: Path, concurrency: int = 2) -> None:
+    def __init__(self, env: dict[str, str], logfile: Path, concurrency: int = 2,
+                 args: tuple[str, ...] = UPLOADS_WORKER_ARGS, name: str = "uploads") -> None:
         self.logfile = logfile
-        self._env, self._concurrency = env, concurrency
+        self._env, self._concurrency, self._args, self._name = env, concurrency, args, name
         self._log = logfile.open("wb")
+        #: How many times ensure_running() had to start a fresh worker, and when the latest one started.
+        self.restarts = 0
+        self.started_at: datetime | None = None
         self.start()
 
     def start(self) -> None:
@@ -146,29 +162,31 @@ class CeleryWorker:
         if self._log.closed:
             self._log = self.logfile.open("ab")
         self._readies_before = self.log().count(" ready.")  # the log is appended to across starts
+        self.started_at = datetime.now(UTC)
         self.proc = subprocess.Popen(
-            [str(CELERY), "-A", "openplatform", "worker", "-l", "info", "--concurrency", str(self._concurrency),
-             "-Q", "celery", "-n", f"uploads-e2e-{os.getpid()}@%h",
+            [str(CELERY), "-A", "openplatform", "worker", "-l", "info", *self._args,
+             "--concurrency", str(self._concurrency), "-n", f"{self._name}-e2e-{os.getpid()}@%h",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=self._env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: stopped as a whole, and only it
         )
 
-    def kill(self) -> None:
-        """SIGKILL the whole worker (main process and pool): no warm shutdown, no acks, no results."""
+    def kill(self) -> int:
+        """SIGKILL the whole worker (main process and pool; on the threads pool, one process), as a crash
+        or the OOM killer would: no warm shutdown, no acks, no results. Returns its exit status."""
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        self.proc.wait(timeout=10)
+        return self.proc.wait(timeout=10)
 
     def ensure_running(self) -> bool:
         """Act as the process supervisor production has (compose `restart:`, systemd): start a fresh
-        worker if this one has exited. Celery's prefork worker can die on a broker reconnect after a
-        pool child was SIGKILLed (`ValueError: file descriptor is None` in kombu's hub), a Celery bug
-        that supervisors paper over. Returns True when it had to restart."""
+        worker if this one has exited (killed, out of memory, or dead on a broker reconnect, a Celery
+        bug that supervisors paper over). Returns True when it had to restart."""
         if self.proc.poll() is None:
             return False
+        self.restarts += 1
         self.start()
         self.wait_ready()
         return True
@@ -187,21 +205,6 @@ class CeleryWorker:
             return self.log().count(" ready.") > self._readies_before
 
         wait_until(ready, timeout=timeout, interval=0.1, message="the Celery worker to be ready")
-
-    def children(self) -> list[int]:
-        """The prefork pool's processes (children of the main worker process), from /proc."""
-        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
-        if path.exists():
-            return [int(pid) for pid in path.read_text().split()]
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.pid:
-                found.append(int(stat.parent.name))
-        return found
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -278,7 +281,7 @@ def worker_env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def worker_concurrency() -> int:
-    """The worker's pool size: override in a test module to change it."""
+    """The uploads worker's threads: override in a test module to change it."""
     return 2
 
 
@@ -297,11 +300,17 @@ def worker_broker(tmp_path_factory) -> Iterator[RedisBroker | SharedBroker]:
         broker.stop()
 
 
-@pytest.fixture(scope="module")
-def celery_worker(
-    django_db_setup, simulator_server, worker_broker, worker_env, worker_concurrency, tmp_path_factory
+def _purge(app) -> None:
+    """Drop whatever earlier runs or tests left in the workers' queues."""
+    with app.connection_for_write() as conn:
+        for queue in QUEUES:
+            conn.default_channel.queue_purge(queue)
+
+
+@contextmanager
+def _running_worker(
+    simulator_server, worker_broker, worker_env, logdir: Path, **kwargs
 ) -> Iterator[CeleryWorker]:
-    """A running worker on the test database, the simulator and `worker_broker`; stopped afterwards."""
     from django.db import connection
 
     if connection.vendor != "postgresql":
@@ -323,8 +332,8 @@ def celery_worker(
     with app_broker(worker_broker.url):
         from openplatform.celery import app
 
-        app.control.purge()  # nothing left over from earlier runs or tests
-        worker = CeleryWorker(env, tmp_path_factory.mktemp("worker") / "celery.log", worker_concurrency)
+        _purge(app)
+        worker = CeleryWorker(env, logdir / "celery.log", **kwargs)
         try:
             worker.wait_ready()
             yield worker
@@ -332,9 +341,31 @@ def celery_worker(
             worker.stop()
 
 
+@pytest.fixture(scope="module")
+def celery_worker(
+    django_db_setup, simulator_server, worker_broker, worker_env, worker_concurrency, tmp_path_factory
+) -> Iterator[CeleryWorker]:
+    """The uploads worker (threads pool, queue `uploads`) on the test database, the simulator and
+    `worker_broker`; stopped afterwards."""
+    with _running_worker(simulator_server, worker_broker, worker_env, tmp_path_factory.mktemp("worker"),
+                         concurrency=worker_concurrency, args=UPLOADS_WORKER_ARGS, name="uploads") as worker:
+        yield worker
+
+
+@pytest.fixture(scope="module")
+def jobs_worker(
+    django_db_setup, simulator_server, worker_broker, worker_env, tmp_path_factory
+) -> Iterator[CeleryWorker]:
+    """The worker for every other task (prefork pool, the default queue `celery`), as deploy runs it."""
+    with _running_worker(simulator_server, worker_broker, worker_env, tmp_path_factory.mktemp("jobs"),
+                         concurrency=2, args=JOBS_WORKER_ARGS, name="jobs") as worker:
+        yield worker
+
+
 @pytest.fixture(autouse=True)
 def _supervise_celery_worker(request):
-    """Before each test that uses the module's worker, restart it if an earlier test left it dead."""
-    if "celery_worker" in request.fixturenames:
-        request.getfixturevalue("celery_worker").ensure_running()
+    """Before each test that uses the module's workers, restart one an earlier test left dead."""
+    for name in ("celery_worker", "jobs_worker"):
+        if name in request.fixturenames:
+            request.getfixturevalue(name).ensure_running()
     yield

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
@@ -17,55 +16,24 @@ from uploads.services.process import lease_seconds, upload_process
 logger = logging.getLogger(__name__)
 
 
-def upload_time_limits(lease: float) -> tuple[float, float]:
-    """(soft, hard) time limits of one run, both inside the lease it holds.
-
-    The hard limit ends a run before its lease does, so no other worker can take an upload over while
-    its run is still alive. Proportional, so a short lease (tests) still leaves positive limits: with
-    the 90 s default, 72 s soft and 81 s hard; with 20 s, 16 s and 18 s.
-    """
-    return lease * 0.8, lease * 0.9
-
-
-SOFT_TIME_LIMIT, HARD_TIME_LIMIT = upload_time_limits(settings.UPLOAD_LEASE_SECONDS)
-
-
-class WorkerTimeLimits(Task):
-    """A task whose time limits are always the worker's own (computed from the worker's lease).
-
-    Celery copies the *publisher's* task-level `time_limit`/`soft_time_limit` into every message it
-    sends, and a worker obeys the message's over its own: an API process whose UPLOAD_LEASE_SECONDS
-    differs from the worker's (or a message queued before the lease was changed) would give runs
-    limits that no longer fit inside the worker's lease. So messages go out without limits and the
-    worker falls back to the task's. (Found by tests/test_task_paths_worker.py: a worker with a 5 s
-    lease ran uploads enqueued by a 90 s-lease process under 72/81 s limits.)
-    """
-
-    def apply_async(self, args=None, kwargs=None, task_id=None, producer=None, link=None, link_error=None,
-                    shadow=None, **options):
-        options.setdefault("time_limit", None)
-        options.setdefault("soft_time_limit", None)
-        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
-
-
+# No time limits of its own. Uploads run on the threads pool (queue `uploads`, docs/architecture.md §4),
+# which can stop no thread and ignores time limits, soft or hard. A run is bounded by its lease and the
+# timeouts of its calls instead (uploads/services/process.py): each WeChat call by WECHAT_HTTP_TIMEOUT
+# per try, an upload call is started only while it can end inside the lease (so no other run takes the
+# upload over and sends it while this call is in flight), and once another run has taken the upload
+# over, this one can no longer write its result (compare-and-set on the lease). On a prefork pool (an
+# operator's fallback) CELERY_TASK_TIME_LIMIT and CELERY_TASK_SOFT_TIME_LIMIT apply, beyond the lease;
+# a run stopped there is taken over or swept.
 @shared_task(
     name="uploads.upload_image",
-    base=WorkerTimeLimits,
     bind=True,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=None,
-    soft_time_limit=SOFT_TIME_LIMIT,
-    time_limit=HARD_TIME_LIMIT,
 )
 def upload_image(self, upload_id: str) -> str:
     try:
         outcome = upload_process(upload_id=upload_id)
-    except SoftTimeLimitExceeded:
-        # The run keeps its lease (and WeChat may have the image): come back when the lease has run
-        # out, and the next run takes over, recording this one as lost.
-        logger.warning("upload run hit its time limit", extra={"upload_id": upload_id})
-        raise self.retry(countdown=lease_seconds() + 1) from None
     except (OperationalError, InterfaceError) as exc:
         # The database connection dropped (failover, restart, a killed backend); the broken connection is
         # closed after the task. Without a retry the message would be acked as failed and the upload left

@@ -3,10 +3,10 @@
 State machine: queued -> uploading (claimed with a lease) -> succeeded | failed | rejected, or back to
 queued with `next_attempt_at` for a transient error. A claim is a conditional UPDATE, so two
 deliveries of the same task never upload concurrently; a delivery that finds a live lease is told
-to come back when the lease ends (the lease outlives the task's hard time limit). A run writes its
-result only while it still holds its lease (compare-and-set on `lease_until`), together with its
-attempt rows in one transaction. A run that finds an expired lease takes over and records the lost
-run as an attempt, so an upload that kills its worker every time still ends, as `failed`.
+to come back when the lease ends (no run starts an upload call that could outlast its lease). A run
+writes its result only while it still holds its lease (compare-and-set on `lease_until`), together
+with its attempt rows in one transaction. A run that finds an expired lease takes over and records
+the lost run as an attempt, so an upload that kills its worker every time still ends, as `failed`.
 
 45009 (daily quota) fails the upload with a clear message rather than deferring it until the quota
 resets (midnight Beijing time): a merchant expects an answer within minutes, and the admin
@@ -262,6 +262,10 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
                 errmsg += "; " + _token_quota_hint(authorizer)
             return _finish(run, Upload.Status.FAILED, errcode=exc.errcode, errmsg=errmsg)
 
+        if _lease_too_short_for_a_call(run):
+            return _requeue(run, retry_delay(upload.attempts), errcode=None, errmsg=(
+                "not sent: too little of this run's lease was left for an upload call; sent again later"
+            ))
         # Ownership, re-read right before the call: the account may have moved to another tenant while
         # this upload waited or fetched a token (an approved transfer request, the admin form); the
         # image is then never sent on the new owner's account.
@@ -315,6 +319,19 @@ def _finish_reused(run: _Run) -> Outcome:
 
 def _moved(authorizer: Authorizer) -> str:
     return f"{MOVED_REASON} (account {authorizer.appid})"
+
+
+def _lease_too_short_for_a_call(run: _Run) -> bool:
+    """Whether the upload call might outlast the lease (docs/architecture.md §3.5): then it is not started.
+
+    On the threads pool no time limit stops a run (uploads/tasks.py): its lease and its calls' timeouts
+    bound it. A call waits at most WECHAT_HTTP_TIMEOUT to connect and as long again for its answer (one
+    short JSON line); with a second for the result's write, a call started with less of the lease left
+    could still be in flight when another run takes the upload over and sends it again. Usually the
+    call starts milliseconds after the claim; only a slow token refresh before it gets here.
+    """
+    budget = 2 * settings.WECHAT_HTTP_TIMEOUT + 1
+    return (run.lease_until - timezone.now()).total_seconds() < budget
 
 
 def _next_attempt_number(upload: Upload) -> int:
