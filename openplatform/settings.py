@@ -327,8 +327,12 @@ REST_FRAMEWORK.update(
     {
         "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.TenantAPIKeyAuthentication"],
         "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-        "DEFAULT_THROTTLE_CLASSES": ["tenants.auth.TenantRateThrottle"],
-        "DEFAULT_THROTTLE_RATES": {"tenant": env.str("API_THROTTLE_RATE", default="1200/min")},
+        # Counted per key and per tenant (tenants/auth.py): a request needs room in both.
+        "DEFAULT_THROTTLE_CLASSES": ["tenants.auth.APIKeyRateThrottle", "tenants.auth.TenantRateThrottle"],
+        "DEFAULT_THROTTLE_RATES": {
+            "tenant": env.str("API_THROTTLE_RATE", default="1200/min"),
+            "api_key": env.str("API_KEY_THROTTLE_RATE", default="600/min"),
+        },
         "EXCEPTION_HANDLER": "openplatform.core.api.api_exception_handler",
         # 0: REMOTE_ADDR; DRF's default (None) would trust a client-sent X-Forwarded-For.
         "NUM_PROXIES": TRUSTED_PROXY_COUNT,
@@ -341,8 +345,21 @@ REST_FRAMEWORK.update(
     }
 )
 
-# Throttle counters and other shared state: Redis when CACHE_URL says so, else per-process memory.
-CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+#: Failed API-key checks per client address (openplatform/core/http.py) before that address is refused
+#: with a 429 for the rest of a window of this many seconds; 0 turns the limit off.
+API_KEY_FAILURE_LIMIT = env.int("API_KEY_FAILURE_LIMIT", default=20)
+API_KEY_FAILURE_WINDOW_SECONDS = env.int("API_KEY_FAILURE_WINDOW_SECONDS", default=600)
+
+# Throttle counters, the failed-key counts and the events URLs' replay memory: shared state, so Redis in
+# production. Per-process memory (the default under DEBUG) is no limit at all with several processes:
+# each grants the whole rate again, and a push replayed to another process is processed again.
+_cache_url = env.str("CACHE_URL", default="")
+if not _cache_url and not DEBUG:
+    raise ImproperlyConfigured(
+        "CACHE_URL must be set when DEBUG is off (e.g. redis://redis:6379/1): the throttles and the replay "
+        "memory of the events URLs must be shared by every web process; locmemcache:// only for one process"
+    )
+CACHES = {"default": env.cache_url_config(_cache_url or "locmemcache://")}
 
 # --- Uploads ---
 #: A worker owns an `uploading` upload this long; must outlive every timeout inside one task run.

@@ -91,6 +91,21 @@ def test_production_refuses_to_start_without(missing, tmp_path):
     assert missing in result.stderr
 
 
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_production_refuses_to_start_without_a_shared_cache(how, tmp_path):
+    # Per-process counters are no limit: each web process would grant the whole rate again.
+    env = production_env(tmp_path)
+    if how == "unset":
+        del env["CACHE_URL"]
+    else:
+        env["CACHE_URL"] = ""
+    result = manage(env, "check")
+    assert result.returncode != 0
+    assert "CACHE_URL must be set when DEBUG is off" in result.stderr
+    # ...under DEBUG, per-process memory is fine (one local process)
+    assert manage({**env, "DEBUG": "1"}, "check").returncode == 0
+
+
 def test_production_names_every_missing_component_credential_at_once(tmp_path):
     result = manage(production_env(tmp_path, **dict.fromkeys(COMPONENT_VARS, "")), "check")
     assert result.returncode != 0

@@ -16,6 +16,8 @@ from django.contrib.admin import AdminSite
 from django.http import Http404
 from django_otp.admin import OTPAdminAuthenticationForm
 
+from openplatform.core.http import client_address
+
 
 class OperatorAdminSite(AdminSite):
     site_header = "WeChat Open Platform: operator console"
@@ -34,14 +36,6 @@ class OperatorAdminSite(AdminSite):
         if settings.ADMIN_REQUIRE_2FA:
             return allowed and request.user.is_verified()
         return allowed
-
-
-def client_address(request) -> str:
-    """The client's address as the throttles see it: REMOTE_ADDR, or X-Forwarded-For's entry appended
-    by the outermost of TRUSTED_PROXY_COUNT trusted proxies (DRF's rule, one rule for the whole app)."""
-    from rest_framework.throttling import BaseThrottle
-
-    return BaseThrottle().get_ident(request)
 
 
 class AdminNetworkMiddleware:
