@@ -5,6 +5,11 @@
 and `unauthorized` revokes the account in the same transaction. `component_event_process` is the
 exchange (task `tenants.process_component_event`); `component_events_sweep` re-enqueues what was
 stored but not processed (task `tenants.sweep_component_events`).
+
+Order. Events carry `CreateTime` (docs/wechat-protocol.md §3), and may arrive late or out of order
+(a redelivery, a replay): an event older than the last one applied to its account is recorded but
+never applied, so a stale `unauthorized` cannot revoke a newer authorization, and a stale `authorized`
+cannot bring back a revoked account or older permission sets (`Authorizer.last_event_created_at`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 from datetime import timedelta
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from openplatform.component.config import component_config
@@ -20,7 +26,8 @@ from openplatform.component.events import AUTHORIZATION_GRANTED, REVOKED, compon
 from openplatform.component.models import ComponentEvent
 from openplatform.core.queueing import enqueue_on_commit
 from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
-from tenants.services.authorization import authorization_code_exchange, authorizer_revoke_by_appid
+from tenants.models import Authorizer
+from tenants.services.authorization import authorization_code_exchange, authorizer_revoke
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +51,9 @@ def component_push_receive(*, fields: dict[str, str]) -> None:
         if event.info_type in AUTHORIZATION_GRANTED:
             enqueue_on_commit(process_component_event, event.pk)
         elif event.info_type == REVOKED:
-            authorizer_revoke_by_appid(component_appid=config.appid, appid=event.authorizer_appid)
+            _revoke_unless_superseded(event=event)
             event.processed_at = event.received_at
-            event.save(update_fields=["processed_at"])
+            event.save(update_fields=["processed_at", "error"])
         else:
             logger.info("unhandled InfoType acknowledged", extra={"info_type": fields.get("InfoType", "")[:64]})
 
@@ -66,23 +73,72 @@ def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
         if event is None or event.processed_at is not None:
             return
         code = event.get_auth_code()
-        try:
-            if code:
-                authorization_code_exchange(auth_code=code)
-        except AuthCodeInvalid as exc:  # 61009 / 61010: final; the merchant must authorize again
-            event.error = f"the authorization code is dead ({exc}): the merchant must authorize again from a new link"[:2000]
-        except WeChatError as exc:
-            if exc.retryable and may_retry:
-                raise
-            event.error = str(exc)[:2000]
-            event.save(update_fields=["error"])
-            logger.warning("authorization event not processed yet: %s", exc, extra={"event_id": event.pk})
-            return
+        newer = _newer_event_applied(event=event) if code else None
+        if newer is not None:  # closed below, its code wiped, never exchanged
+            event.error = _superseded_message(event, newer)
+            logger.warning("authorization event older than one already applied: not applied",
+                           extra={"event_id": event.pk, "authorizer_appid": event.authorizer_appid})
         else:
-            event.error = ""
+            try:
+                if code:
+                    authorizer = authorization_code_exchange(auth_code=code)
+                    _event_applied(authorizer_id=authorizer.pk, event=event)
+            except AuthCodeInvalid as exc:  # 61009 / 61010: final; the merchant must authorize again
+                event.error = f"the authorization code is dead ({exc}): the merchant must authorize again from a new link"[:2000]
+            except WeChatError as exc:
+                if exc.retryable and may_retry:
+                    raise
+                event.error = str(exc)[:2000]
+                event.save(update_fields=["error"])
+                logger.warning("authorization event not processed yet: %s", exc, extra={"event_id": event.pk})
+                return
+            else:
+                event.error = ""
         event.processed_at = timezone.now()
         event.set_auth_code(None)
         event.save()
+
+
+def _superseded(event: ComponentEvent, authorizer: Authorizer | None) -> bool:
+    """Whether an authorization event newer than `event` was already applied to its account."""
+    last = authorizer.last_event_created_at if authorizer is not None else None
+    return last is not None and event.pushed_at is not None and event.pushed_at < last
+
+
+def _newer_event_applied(*, event: ComponentEvent) -> Authorizer | None:
+    """The event's account if an authorization event newer than this one was applied to it, else None."""
+    authorizer = Authorizer.objects.filter(component_appid=event.component_appid, appid=event.authorizer_appid).first()
+    return authorizer if _superseded(event, authorizer) else None
+
+
+def _superseded_message(event: ComponentEvent, authorizer: Authorizer) -> str:
+    return (f"not applied: CreateTime {event.pushed_at:%Y-%m-%d %H:%M:%S} is older than the last authorization "
+            f"event applied to this account ({authorizer.last_event_created_at:%Y-%m-%d %H:%M:%S})")
+
+
+def _event_applied(*, authorizer_id: int, event: ComponentEvent) -> None:
+    """Record the event's CreateTime on its account, unless a newer one is already there (a compare)."""
+    if event.pushed_at is None:
+        return
+    Authorizer.objects.filter(pk=authorizer_id).filter(
+        Q(last_event_created_at__isnull=True) | Q(last_event_created_at__lt=event.pushed_at)
+    ).update(last_event_created_at=event.pushed_at)
+
+
+def _revoke_unless_superseded(*, event: ComponentEvent) -> None:
+    """`unauthorized`: revoke the account, unless a newer authorization event was applied to it."""
+    authorizer = Authorizer.objects.select_for_update().filter(
+        component_appid=event.component_appid, appid=event.authorizer_appid
+    ).first()
+    if authorizer is None:
+        return  # an account we never stored: nothing to revoke
+    if _superseded(event, authorizer):
+        event.error = _superseded_message(event, authorizer)
+        logger.warning("unauthorized event older than the account's last authorization event: not applied",
+                       extra={"event_id": event.pk, "authorizer_appid": event.authorizer_appid})
+        return
+    authorizer_revoke(authorizer=authorizer)
+    _event_applied(authorizer_id=authorizer.pk, event=event)
 
 
 def component_events_sweep() -> int:

@@ -334,10 +334,14 @@ def test_compose_services():
     assert simulator["profiles"] == ["staging"]
     assert simulator["command"][:3] == ["python", "manage.py", "wechat_simulator"]
     assert simulator["command"][3:] == ["--host", "0.0.0.0", "--port", "9000"]
+    # published on the host's loopback only (browsers go through the TLS proxy or a tunnel)
+    assert simulator["ports"] == ["${SIMULATOR_PUBLISH:-127.0.0.1:9000}:9000"]
     staging = (DEPLOY / "env.example").read_text().split("Staging only", 1)[1]
     assert "# COMPOSE_PROFILES=staging" in staging
     assert "# WECHAT_API_BASE=http://simulator:9000" in staging
     assert "# WECHAT_MP_BASE=" in staging
+    assert "# SIMULATOR_CONTROL_TOKEN=CHANGE_ME" in staging
+    assert "# SIMULATOR_PUBLISH=127.0.0.1:" in staging
 
 
 def _docker_compose() -> list[str]:
