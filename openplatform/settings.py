@@ -69,6 +69,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",  # CONTENT_SECURITY_POLICY below
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -167,6 +168,29 @@ if not DEBUG:
     if not SECURE_HSTS_PRELOAD:
         SILENCED_SYSTEM_CHECKS.append("security.W021")
 
+# --- Content-Security-Policy (django-csp) ---
+# Every page (the admin, the operator dashboard, the API docs, the page merchants land on after
+# authorizing) loads scripts, styles, fonts and images from this origin only, with no inline script or
+# style: our templates link static files, Swagger UI comes from drf-spectacular-sidecar with its init
+# script served as a file (SpectacularSwaggerSplitView), and Django 5.2's admin has no inline code
+# (its one inline <style>, in change_list.html, appears only for a ModelAdmin without actions; we have
+# none). Injected markup cannot run, and nothing is fetched from another host. data: images: Swagger UI's
+# and the admin's CSS embed their icons that way. tests/test_browser.py checks the pages in Chromium.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+
 # --- Admin console (docs/operations.md) ---
 #: Where the admin lives; another path keeps it out of scanners' way (it is not a secret).
 ADMIN_URL = env.str("ADMIN_URL", default="admin/").strip("/") + "/"
@@ -234,9 +258,17 @@ if not DEBUG and not ALLOW_MISSING_COMPONENT:
             "WECHAT_COMPONENT_AES_KEY must be the 43-character EncodingAESKey ([A-Za-z0-9]) set on the "
             "WeChat Open Platform console"
         )
+#: A push to the events URLs whose `timestamp` is further than this from now, either way, is refused
+#: (403): a captured push cannot be replayed later. 0 turns the check off, to replay published test
+#: vectors, which carry fixed old timestamps. docs/wechat-protocol.md §1.
+WECHAT_PUSH_MAX_AGE_SECONDS = env.int("WECHAT_PUSH_MAX_AGE_SECONDS", default=600)
 WECHAT_HTTP_TIMEOUT = env.float("WECHAT_HTTP_TIMEOUT", default=10.0)
 WECHAT_HTTP_MAX_RETRIES = env.int("WECHAT_HTTP_MAX_RETRIES", default=2)
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
+#: Staging only: the bearer token the WeChat simulator's control API (/_sim/) requires
+#: (`manage.py wechat_simulator`; `seed_demo` sends it). Empty: the control API is open, and the
+#: simulator listens on loopback only.
+SIMULATOR_CONTROL_TOKEN = env.str("SIMULATOR_CONTROL_TOKEN", default="")
 
 # --- Celery ---
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
@@ -311,6 +343,8 @@ SPECTACULAR_SETTINGS = {
     # works where the browser cannot reach one, and serves what was tested.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # No badge fetched from swagger.io's online validator: /api/docs/ loads nothing from another host.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -352,8 +386,12 @@ REST_FRAMEWORK.update(
     {
         "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.TenantAPIKeyAuthentication"],
         "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-        "DEFAULT_THROTTLE_CLASSES": ["tenants.auth.TenantRateThrottle"],
-        "DEFAULT_THROTTLE_RATES": {"tenant": env.str("API_THROTTLE_RATE", default="1200/min")},
+        # Counted per key and per tenant (tenants/auth.py): a request needs room in both.
+        "DEFAULT_THROTTLE_CLASSES": ["tenants.auth.APIKeyRateThrottle", "tenants.auth.TenantRateThrottle"],
+        "DEFAULT_THROTTLE_RATES": {
+            "tenant": env.str("API_THROTTLE_RATE", default="1200/min"),
+            "api_key": env.str("API_KEY_THROTTLE_RATE", default="600/min"),
+        },
         "EXCEPTION_HANDLER": "openplatform.core.api.api_exception_handler",
         # 0: REMOTE_ADDR; DRF's default (None) would trust a client-sent X-Forwarded-For.
         "NUM_PROXIES": TRUSTED_PROXY_COUNT,
@@ -372,8 +410,21 @@ REST_FRAMEWORK.update(
 AUTHORIZATION_LINK_THROTTLE_RATE = env.str("AUTHORIZATION_LINK_THROTTLE_RATE", default="20/hour")
 AUTHORIZED_REDIRECT_THROTTLE_RATE = env.str("AUTHORIZED_REDIRECT_THROTTLE_RATE", default="30/hour")
 
-# Throttle counters and other shared state: Redis when CACHE_URL says so, else per-process memory.
-CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+#: Failed API-key checks per client address (openplatform/core/http.py) before that address is refused
+#: with a 429 for the rest of a window of this many seconds; 0 turns the limit off.
+API_KEY_FAILURE_LIMIT = env.int("API_KEY_FAILURE_LIMIT", default=20)
+API_KEY_FAILURE_WINDOW_SECONDS = env.int("API_KEY_FAILURE_WINDOW_SECONDS", default=600)
+
+# Throttle counters, the failed-key counts and the events URLs' replay memory: shared state, so Redis in
+# production. Per-process memory (the default under DEBUG) is no limit at all with several processes:
+# each grants the whole rate again, and a push replayed to another process is processed again.
+_cache_url = env.str("CACHE_URL", default="")
+if not _cache_url and not DEBUG:
+    raise ImproperlyConfigured(
+        "CACHE_URL must be set when DEBUG is off (e.g. redis://redis:6379/1): the throttles and the replay "
+        "memory of the events URLs must be shared by every web process; locmemcache:// only for one process"
+    )
+CACHES = {"default": env.cache_url_config(_cache_url or "locmemcache://")}
 
 # --- Uploads ---
 #: A worker owns an `uploading` upload this long; must outlive every timeout inside one task run.

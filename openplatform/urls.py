@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from openplatform.ops import health, metrics
 from tenants import views_wechat
@@ -23,9 +23,12 @@ urlpatterns = [
     path("metrics", metrics.metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="schema"),
+    # The split view serves Swagger UI's init script from /api/docs/?script, not inline: the
+    # Content-Security-Policy allows scripts from files of this origin only (settings.py).
     path(
         "api/docs/",
-        SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
+        SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="ops/swagger_ui.html",
+                                            authentication_classes=[], permission_classes=[]),
         name="api-docs",
     ),
     path(settings.ADMIN_URL, admin.site.urls),

@@ -1,7 +1,13 @@
-"""Merchant API authentication and throttling: `Authorization: Api-Key <key>`, counted per tenant."""
+"""Merchant API authentication and throttling: `Authorization: Api-Key <key>`, counted per key and per tenant.
+
+Failed key checks are counted per client address (openplatform/core/http.py): past
+API_KEY_FAILURE_LIMIT in API_KEY_FAILURE_WINDOW_SECONDS, that address gets a 429 `throttled` before
+any key is looked up, so guessing keys costs the attacker the window, not us a database query each.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -12,8 +18,10 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
-from openplatform.core.http import client_address
+from openplatform.core.http import client_address, window_hits
 from tenants.models import Tenant, TenantAPIKey
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,23 @@ class TenantAPIKeyAuthentication(BaseAuthentication):
         parts = get_authorization_header(request).split()
         if not parts or parts[0].lower() != self.keyword:
             return None
+        limit, window = settings.API_KEY_FAILURE_LIMIT, settings.API_KEY_FAILURE_WINDOW_SECONDS
+        if limit <= 0:
+            return self._authenticate_key(parts)
+        counter = f"api-key-failures:{client_address(request)}"
+        failures, left = window_hits(counter, window=window, add=0)
+        if failures >= limit:
+            raise exceptions.Throttled(wait=left, detail="Too many failed API-key attempts from this address.")
+        try:
+            return self._authenticate_key(parts)
+        except exceptions.AuthenticationFailed:
+            failures, _ = window_hits(counter, window=window)
+            if failures == limit:  # once per address and window: the moment it starts being refused
+                logger.warning("API-key failures from one address reached the limit; refusing it for the window",
+                               extra={"client_address": client_address(request), "failures": failures})
+            raise
+
+    def _authenticate_key(self, parts: list[bytes]):
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Api-Key <key>'.")
         try:
@@ -80,8 +105,29 @@ class TenantAPIKeyScheme(OpenApiAuthenticationExtension):
         }
 
 
-class TenantRateThrottle(SimpleRateThrottle):
-    """Per-tenant request rate (all of a tenant's keys share it)."""
+class _WindowRateThrottle(SimpleRateThrottle):
+    """A DRF rate ("1200/min") counted in fixed windows with the cache's atomic increment.
+
+    DRF's own SimpleRateThrottle reads a list of timestamps, appends and writes it back: two processes
+    answering at once both write, one count is lost, and the limit is exceeded under exactly the load
+    it is meant to stop. A window boundary lets at most twice the rate through in one window's time.
+    """
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        hits, self._wait = window_hits(self.key, window=self.duration)
+        return hits <= self.num_requests
+
+    def wait(self) -> float:
+        return self._wait
+
+
+class TenantRateThrottle(_WindowRateThrottle):
+    """Per-tenant request rate (all of a tenant's keys share it): API_THROTTLE_RATE."""
 
     scope = "tenant"
 
@@ -102,7 +148,7 @@ class AuthorizationLinkThrottle(TenantRateThrottle):
         return settings.AUTHORIZATION_LINK_THROTTLE_RATE
 
 
-class AuthorizedRedirectThrottle(SimpleRateThrottle):
+class AuthorizedRedirectThrottle(_WindowRateThrottle):
     """Requests to the redirect URL per client address (`AUTHORIZED_REDIRECT_THROTTLE_RATE`): each new
     code there costs an api_query_auth call. Used by a plain Django view (tenants/views_wechat.py)."""
 
@@ -113,3 +159,16 @@ class AuthorizedRedirectThrottle(SimpleRateThrottle):
 
     def get_cache_key(self, request, view):
         return self.cache_format % {"scope": self.scope, "ident": client_address(request)}
+
+
+class APIKeyRateThrottle(_WindowRateThrottle):
+    """Per-key request rate (API_KEY_THROTTLE_RATE), below the tenant's: one runaway integration or leaked
+    key cannot take the whole of its tenant's rate from the merchant's other keys."""
+
+    scope = "api_key"
+
+    def get_cache_key(self, request, view):
+        user = getattr(request, "user", None)
+        if not isinstance(user, TenantPrincipal):
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": user.api_key.pk}

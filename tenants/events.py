@@ -22,11 +22,7 @@ from openplatform.component.models import ComponentEvent
 from openplatform.core.queueing import enqueue_on_commit
 from openplatform.wechat.errors import AuthCodeInvalid, WeChatError
 from tenants.models import AuthorizationStateUse, Authorizer
-from tenants.services.authorization import (
-    STATE_MAX_AGE,
-    authorization_code_exchange,
-    authorizer_revoke_by_appid,
-)
+from tenants.services.authorization import STATE_MAX_AGE, authorization_code_exchange, authorizer_revoke
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +46,9 @@ def component_push_receive(*, fields: dict[str, str]) -> None:
         if event.info_type in AUTHORIZATION_GRANTED:
             enqueue_on_commit(process_component_event, event.pk)
         elif event.info_type == REVOKED:
-            authorizer_revoke_by_appid(component_appid=config.appid, appid=event.authorizer_appid)
+            _revoke_unless_superseded(event=event)
             event.processed_at = event.received_at
-            event.save(update_fields=["processed_at"])
+            event.save(update_fields=["processed_at", "error"])
         else:
             logger.info("unhandled InfoType acknowledged", extra={"info_type": fields.get("InfoType", "")[:64]})
 
@@ -67,7 +63,9 @@ def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
     §8: an account whose code was never exchanged may have no refresh token). With `may_retry`, a
     retryable error is raised instead (nothing recorded), for the task to retry soon.
 
-    An account whose binding to a tenant is revoked is not revived by an event (there is no tenant to
+    An event older (CreateTime) than one already applied to its account is closed unapplied: a replayed
+    or delayed push never undoes a newer one. An account whose binding to a tenant is revoked is not
+    revived by an event (there is no tenant to
     decide for): its code is left to the merchant's redirect, which knows which link was used
     (docs/architecture.md §3.3). No lock is held while WeChat is asked: the exchange claims the code
     itself, and the event row is written afterwards only if still unprocessed.
@@ -77,8 +75,13 @@ def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
         return
     code = event.get_auth_code()
     error = ""
+    newer = _newer_event_applied(event=event) if code else None
     try:
-        if code and _binding_revoked(event):
+        if newer is not None:  # closed below, its code wiped, never exchanged
+            error = _superseded_message(event, newer)
+            logger.warning("authorization event older than one already applied: not applied",
+                           extra={"event_id": event.pk, "authorizer_appid": event.authorizer_appid})
+        elif code and _binding_revoked(event):
             error = (
                 "not exchanged: the account's binding to its merchant is revoked, and an authorization event "
                 "alone never revives it; the redirect of the link the merchant used decides"
@@ -86,7 +89,8 @@ def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
             logger.warning("authorization event for an account whose binding is revoked: left to the redirect",
                            extra={"authorizer_appid": event.authorizer_appid, "event_id": event.pk})
         elif code:
-            authorization_code_exchange(auth_code=code, code_expires_at=event.auth_code_expires_at)
+            authorizer = authorization_code_exchange(auth_code=code, code_expires_at=event.auth_code_expires_at)
+            _event_applied(authorizer_id=authorizer.pk, event=event)
     except AuthCodeInvalid as exc:  # 61009 / 61010: final; the merchant must authorize again
         error = f"the authorization code is dead ({exc}): the merchant must authorize again from a new link"
     except WeChatError as exc:
@@ -110,6 +114,48 @@ def _binding_revoked(event: ComponentEvent) -> bool:
         component_appid=event.component_appid, appid=event.authorizer_appid,
         status=Authorizer.Status.REVOKED, tenant__isnull=False,
     ).exists()
+
+
+def _superseded(event: ComponentEvent, authorizer: Authorizer | None) -> bool:
+    """Whether an authorization event newer than `event` was already applied to its account."""
+    last = authorizer.last_event_created_at if authorizer is not None else None
+    return last is not None and event.pushed_at is not None and event.pushed_at < last
+
+
+def _newer_event_applied(*, event: ComponentEvent) -> Authorizer | None:
+    """The event's account if an authorization event newer than this one was applied to it, else None."""
+    authorizer = Authorizer.objects.filter(component_appid=event.component_appid, appid=event.authorizer_appid).first()
+    return authorizer if _superseded(event, authorizer) else None
+
+
+def _superseded_message(event: ComponentEvent, authorizer: Authorizer) -> str:
+    return (f"not applied: CreateTime {event.pushed_at:%Y-%m-%d %H:%M:%S} is older than the last authorization "
+            f"event applied to this account ({authorizer.last_event_created_at:%Y-%m-%d %H:%M:%S})")
+
+
+def _event_applied(*, authorizer_id: int, event: ComponentEvent) -> None:
+    """Record the event's CreateTime on its account, unless a newer one is already there (a compare)."""
+    if event.pushed_at is None:
+        return
+    Authorizer.objects.filter(pk=authorizer_id).filter(
+        Q(last_event_created_at__isnull=True) | Q(last_event_created_at__lt=event.pushed_at)
+    ).update(last_event_created_at=event.pushed_at)
+
+
+def _revoke_unless_superseded(*, event: ComponentEvent) -> None:
+    """`unauthorized`: revoke the account, unless a newer authorization event was applied to it."""
+    authorizer = Authorizer.objects.select_for_update().filter(
+        component_appid=event.component_appid, appid=event.authorizer_appid
+    ).first()
+    if authorizer is None:
+        return  # an account we never stored: nothing to revoke
+    if _superseded(event, authorizer):
+        event.error = _superseded_message(event, authorizer)
+        logger.warning("unauthorized event older than the account's last authorization event: not applied",
+                       extra={"event_id": event.pk, "authorizer_appid": event.authorizer_appid})
+        return
+    authorizer_revoke(authorizer=authorizer)
+    _event_applied(authorizer_id=authorizer.pk, event=event)
 
 
 def component_events_sweep() -> int:

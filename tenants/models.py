@@ -91,6 +91,9 @@ class Authorizer(EncryptedSecretsMixin, models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     authorized_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    #: CreateTime (WeChat's clock) of the last authorization event applied to this account: an older one
+    #: arriving later (a redelivery out of order, a replay) never undoes it (tenants/events.py).
+    last_event_created_at = models.DateTimeField(null=True, blank=True)
     synced_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)

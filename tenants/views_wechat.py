@@ -1,7 +1,10 @@
 """WeChat-facing endpoints: the authorization-event URL, per-authorizer message URL, redirect back.
 
 A push to POST /wechat/component/events/ (docs/wechat-protocol.md §1, §3), end to end:
-1. `component_events` (here): size limit, msg_signature, decryption, safe XML parsing.
+1. `component_events` (here): size limit, msg_signature, decryption, the `timestamp` window
+   (WECHAT_PUSH_MAX_AGE_SECONDS), safe XML parsing, then the replay memory: a push identical to one
+   accepted in the last 15 minutes is answered `success` and not processed again
+   (openplatform/component/events.py). The per-authorizer URL gets the same checks.
 2. `component_push_receive` (tenants/events.py) stores it via `component_push_store`
    (openplatform/component/events.py): a ticket into component/tickets.py (the component token,
    component/token.py, reads the newest), anything else as a `ComponentEvent` (component/models.py).
@@ -21,7 +24,12 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from openplatform.component.config import component_config
-from openplatform.component.events import PushRefused
+from openplatform.component.events import (
+    PushRefused,
+    push_replay_claim,
+    push_replay_release,
+    push_timestamp_fresh,
+)
 from openplatform.wechat.crypto import CryptoError, InvalidSignature, WXBizMsgCrypt, parse_xml_fields
 from openplatform.wechat.errors import AuthCodeExpired, AuthCodeInvalid, WeChatError
 from tenants.auth import AuthorizedRedirectThrottle
@@ -60,21 +68,45 @@ def _read_verified(request: HttpRequest) -> dict[str, str] | HttpResponse:
         logger.error("events URL called but the component is not configured")
         return _plain("component not configured", 503)
     params = request.GET
+    timestamp = params.get("timestamp", "")
     try:
         crypt = WXBizMsgCrypt(config.token, config.aes_key, config.appid)
         plaintext = crypt.decrypt_message(
-            body,
-            msg_signature=params.get("msg_signature", ""),
-            timestamp=params.get("timestamp", ""),
-            nonce=params.get("nonce", ""),
+            body, msg_signature=params.get("msg_signature", ""), timestamp=timestamp, nonce=params.get("nonce", "")
         )
-        return parse_xml_fields(plaintext)
     except InvalidSignature:
         logger.warning("event with a bad msg_signature refused")
         return _plain("invalid signature", 403)
     except CryptoError as exc:
         logger.warning("malformed event refused: %s (%s)", exc.__class__.__name__, exc.code)
         return _plain("malformed message", 400)
+    # Checked once the push is known to be WeChat's: what is logged here is a replay or a clock problem,
+    # never an anonymous caller's noise.
+    if not push_timestamp_fresh(timestamp, max_age_seconds=config.push_max_age_seconds):
+        logger.warning(
+            "signed push refused: its timestamp is more than %d s from now (a replay, or a clock off)",
+            config.push_max_age_seconds, extra={"push_timestamp": timestamp[:24]},
+        )
+        return _plain("timestamp out of range", 403)
+    try:
+        return parse_xml_fields(plaintext)
+    except CryptoError as exc:
+        logger.warning("malformed event refused: %s (%s)", exc.__class__.__name__, exc.code)
+        return _plain("malformed message", 400)
+
+
+def _claim(request: HttpRequest) -> str | None:
+    """The replay memory's key for this verified push, or None if an identical one was accepted lately."""
+    params = request.GET
+    return push_replay_claim(
+        timestamp=params.get("timestamp", ""), nonce=params.get("nonce", ""),
+        msg_signature=params.get("msg_signature", ""), max_age_seconds=component_config().push_max_age_seconds,
+    )
+
+
+def _already_accepted() -> HttpResponse:
+    logger.info("push identical to one accepted in the last 15 minutes: acknowledged, not processed again")
+    return _plain("success")
 
 
 @csrf_exempt
@@ -84,10 +116,17 @@ def component_events(request: HttpRequest) -> HttpResponse:
     fields = _read_verified(request)
     if isinstance(fields, HttpResponse):
         return fields
+    claim = _claim(request)
+    if claim is None:
+        return _already_accepted()
     try:
         component_push_receive(fields=fields)
     except PushRefused as exc:
+        push_replay_release(claim)
         return _plain(str(exc), 400)
+    except BaseException:
+        push_replay_release(claim)  # not accepted: WeChat's retry must be processed
+        raise
     return _plain("success")
 
 
@@ -99,9 +138,17 @@ def authorizer_events(request: HttpRequest, appid: str) -> HttpResponse:
     fields = _read_verified(request)
     if isinstance(fields, HttpResponse):
         return fields
-    answer = authorizer_message_receive(
-        appid=appid[:64], fields=fields, timestamp=request.GET.get("timestamp", ""), nonce=request.GET.get("nonce", "")
-    )
+    claim = _claim(request)
+    if claim is None:
+        return _already_accepted()
+    try:
+        answer = authorizer_message_receive(
+            appid=appid[:64], fields=fields, timestamp=request.GET.get("timestamp", ""),
+            nonce=request.GET.get("nonce", ""),
+        )
+    except BaseException:
+        push_replay_release(claim)  # not answered: WeChat's retry must be processed
+        raise
     return HttpResponse(answer.body, content_type=answer.content_type)
 
 

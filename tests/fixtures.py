@@ -146,11 +146,18 @@ def signed_event(
     token: str | None = None,
     aes_key: str | None = None,
     appid: str | None = None,
-    timestamp: str = "1715943329",
+    timestamp: str | None = None,
     nonce: str = "1590219412",
 ) -> tuple[str, dict[str, str]]:
-    """(body, query params) of a push as WeChat sends it, encrypted and signed for our component by default."""
+    """(body, query params) of a push as WeChat sends it, encrypted and signed for our component by default.
+
+    `timestamp` defaults to now: the events URLs refuse one further than WECHAT_PUSH_MAX_AGE_SECONDS away.
+    """
+    import time
+
     from openplatform.wechat.crypto import WXBizMsgCrypt
+
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
 
     appid = appid or django_settings.WECHAT_COMPONENT_APPID
     crypt = WXBizMsgCrypt(

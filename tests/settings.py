@@ -16,6 +16,9 @@ os.environ.setdefault("WECHAT_COMPONENT_AES_KEY", "abcdefghijklmnopqrstuvwxyz012
 os.environ.setdefault("CELERY_BROKER_URL", os.environ.get("TEST_REDIS_URL") or "memory://")
 os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT", "20")
 os.environ.setdefault("WECHAT_HTTP_TIMEOUT", "5")
+# One process (the live server is a thread of it): its own memory is a shared cache here. Production
+# refuses to start without CACHE_URL (tests/test_deploy.py).
+os.environ.setdefault("CACHE_URL", "locmemcache://")
 
 from openplatform.settings import *  # noqa: E402,F403
 

@@ -92,6 +92,21 @@ def test_production_refuses_to_start_without(missing, tmp_path):
     assert missing in result.stderr
 
 
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_production_refuses_to_start_without_a_shared_cache(how, tmp_path):
+    # Per-process counters are no limit: each web process would grant the whole rate again.
+    env = production_env(tmp_path)
+    if how == "unset":
+        del env["CACHE_URL"]
+    else:
+        env["CACHE_URL"] = ""
+    result = manage(env, "check")
+    assert result.returncode != 0
+    assert "CACHE_URL must be set when DEBUG is off" in result.stderr
+    # ...under DEBUG, per-process memory is fine (one local process)
+    assert manage({**env, "DEBUG": "1"}, "check").returncode == 0
+
+
 def test_production_names_every_missing_component_credential_at_once(tmp_path):
     result = manage(production_env(tmp_path, **dict.fromkeys(COMPONENT_VARS, "")), "check")
     assert result.returncode != 0
@@ -341,10 +356,14 @@ def test_compose_services():
     assert simulator["profiles"] == ["staging"]
     assert simulator["command"][:3] == ["python", "manage.py", "wechat_simulator"]
     assert simulator["command"][3:] == ["--host", "0.0.0.0", "--port", "9000"]
+    # published on the host's loopback only (browsers go through the TLS proxy or a tunnel)
+    assert simulator["ports"] == ["${SIMULATOR_PUBLISH:-127.0.0.1:9000}:9000"]
     staging = (DEPLOY / "env.example").read_text().split("Staging only", 1)[1]
     assert "# COMPOSE_PROFILES=staging" in staging
     assert "# WECHAT_API_BASE=http://simulator:9000" in staging
     assert "# WECHAT_MP_BASE=" in staging
+    assert "# SIMULATOR_CONTROL_TOKEN=CHANGE_ME" in staging
+    assert "# SIMULATOR_PUBLISH=127.0.0.1:" in staging
 
 
 def _docker_compose() -> list[str]:

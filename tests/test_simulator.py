@@ -1174,3 +1174,65 @@ def test_custom_send_checks_the_token_and_the_message(sim):
     assert api(sim, path, {**text, "msgtype": "image"}, access_token=token)["errcode"] == 47001
     assert api(sim, path, text, access_token=token) == {"errcode": 0, "errmsg": "ok"}
     assert [m["content"] for m in sim.custom_messages()] == ["hi"]
+
+
+# -- the control API's token (staging) ----------------------------------------------------------------------
+
+
+def test_the_control_api_needs_the_bearer_token_when_one_is_set():
+    from openplatform.wechat.simulator import SimulatorControl, SimulatorServer
+
+    # given a simulator started with a control token, as on a staging network
+    with SimulatorServer(control_token="staging-secret") as server:
+        control = f"{server.url}/_sim/"
+        # then the control API refuses callers without it, or with another one
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "staging-secret"},
+                        {"Authorization": "Basic staging-secret"}):
+            refused = requests.post(control + "reset", headers=headers, timeout=5)
+            assert refused.status_code == 401, headers
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "staging-secret" not in refused.text
+        assert requests.get(control + "state", timeout=5).status_code == 401
+        # and a client holding the token works
+        with pytest.raises(SimulatorControlError) as refusal:
+            SimulatorControl(server.url).counters()
+        assert refusal.value.status_code == 401
+        sim = SimulatorControl(server.url, token="staging-secret")
+        sim.register_component(COMPONENT_APPID, COMPONENT_SECRET, TOKEN, AES_KEY)
+        assert sim.issue_ticket(COMPONENT_APPID)
+        # while the WeChat API and the authorization page need no control token
+        answer = requests.post(server.url + "/cgi-bin/component/api_component_token",
+                               json={"component_appid": COMPONENT_APPID}, timeout=5)
+        assert answer.status_code == 200 and answer.json()["errcode"] != 0
+        page = requests.get(server.url + "/cgi-bin/componentloginpage", timeout=5)
+        assert page.status_code != 401
+
+
+def test_without_a_token_the_control_api_is_open_on_loopback():
+    from openplatform.wechat.simulator import SimulatorControl, SimulatorServer
+
+    with SimulatorServer() as server:  # the local run (`make run`)
+        assert SimulatorControl(server.url).counters() == {}
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "simulator"])
+def test_the_simulator_refuses_to_listen_beyond_loopback_without_a_token(host):
+    from openplatform.wechat.simulator.server import UnsafeBind, check_bind, main
+
+    with pytest.raises(UnsafeBind, match="SIMULATOR_CONTROL_TOKEN"):
+        check_bind(host, None)
+    check_bind(host, "a-token")  # fine with one
+    for loopback in ("127.0.0.1", "::1", "[::1]", "localhost"):
+        check_bind(loopback, None)
+    # the CLI stops before binding anything
+    with pytest.raises(SystemExit) as stopped:
+        main(["--host", host, "--port", "0", "--control-token", ""])
+    assert stopped.value.code == 2
+
+
+def test_the_management_command_refuses_beyond_loopback_without_the_setting(settings):
+    from django.core.management import CommandError, call_command
+
+    settings.SIMULATOR_CONTROL_TOKEN = ""
+    with pytest.raises(CommandError, match="SIMULATOR_CONTROL_TOKEN"):
+        call_command("wechat_simulator", "--host", "0.0.0.0", "--port", "0", "--ticket-interval", "0")

@@ -130,6 +130,110 @@ def test_key_of_one_tenant_with_the_prefix_of_another_is_401(make_tenant):
     assert key_client(forged).get("/api/v1/authorizers/").status_code == 401
 
 
+# -- guessing keys, and rates per key --------------------------------------------------------------------
+
+AUTHORIZERS_URL = "/api/v1/authorizers/"
+
+
+def test_failed_keys_from_one_address_are_refused_with_a_429_before_any_key_is_looked_up(
+    tenant, settings, django_assert_num_queries
+):
+    # given a limit of 3 failed keys per address, and a guesser at 203.0.113.7
+    settings.API_KEY_FAILURE_LIMIT = 3
+    _, good = api_key_create(tenant=tenant)
+    guesser = {"REMOTE_ADDR": "203.0.113.7"}
+    wrong = [key_client(f"{good.partition('.')[0]}.guess{n}") for n in range(3)] + [key_client("Z.Z")]
+
+    # when it fails three times
+    assert [c.get(AUTHORIZERS_URL, **guesser).status_code for c in wrong[:3]] == [401, 401, 401]
+
+    # then even a right key from that address is refused, without a query, for the rest of the window
+    with django_assert_num_queries(0):
+        refused = key_client(good).get(AUTHORIZERS_URL, **guesser)
+    assert refused.status_code == 429, refused.content
+    assert refused.json()["code"] == "throttled"
+    assert 0 < int(refused["Retry-After"]) <= settings.API_KEY_FAILURE_WINDOW_SECONDS
+    # a client-sent X-Forwarded-For changes nothing (no proxy is trusted)
+    spoofed = wrong[3].get(AUTHORIZERS_URL, HTTP_X_FORWARDED_FOR="198.51.100.9", **guesser)
+    assert spoofed.status_code == 429
+    # and other addresses are not affected
+    assert key_client(good).get(AUTHORIZERS_URL, REMOTE_ADDR="203.0.113.8").status_code == 200
+
+
+def test_failed_keys_are_counted_per_client_behind_a_trusted_proxy(tenant, settings):
+    # given one trusted proxy (TRUSTED_PROXY_COUNT=1 sets DRF's NUM_PROXIES)
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    settings.API_KEY_FAILURE_LIMIT = 2
+    _, good = api_key_create(tenant=tenant)
+    via_proxy = {"REMOTE_ADDR": "10.0.0.2"}
+
+    # when one client behind it fails twice
+    for _ in range(2):
+        key_client("nope.nope").get(AUTHORIZERS_URL, HTTP_X_FORWARDED_FOR="198.51.100.1", **via_proxy)
+
+    # then that client is refused, and another client behind the same proxy is not
+    assert key_client(good).get(AUTHORIZERS_URL, HTTP_X_FORWARDED_FOR="198.51.100.1", **via_proxy).status_code == 429
+    assert key_client(good).get(AUTHORIZERS_URL, HTTP_X_FORWARDED_FOR="198.51.100.2", **via_proxy).status_code == 200
+
+
+def test_a_successful_key_does_not_reset_the_failures_of_its_address(tenant, settings):
+    settings.API_KEY_FAILURE_LIMIT = 2
+    _, good = api_key_create(tenant=tenant)
+    key_client("nope.nope").get(AUTHORIZERS_URL)
+    assert key_client(good).get(AUTHORIZERS_URL).status_code == 200  # one failure left...
+    key_client("nope.nope").get(AUTHORIZERS_URL)
+    assert key_client(good).get(AUTHORIZERS_URL).status_code == 429  # ...a valid key does not buy more guesses
+
+
+def test_each_key_has_a_rate_of_its_own_within_its_tenants(tenant, make_tenant, monkeypatch):
+    from tenants.auth import APIKeyRateThrottle, TenantRateThrottle
+
+    # given 2 requests a minute per key and 100 per tenant
+    monkeypatch.setattr(APIKeyRateThrottle, "THROTTLE_RATES", {"api_key": "2/min"})
+    monkeypatch.setattr(TenantRateThrottle, "THROTTLE_RATES", {"tenant": "100/min"})
+    busy, other = (key_client(api_key_create(tenant=tenant)[1]) for _ in range(2))
+
+    # when one key makes three requests
+    statuses = [busy.get(AUTHORIZERS_URL).status_code for _ in range(3)]
+
+    # then its third is refused, and the tenant's other key still works
+    assert statuses == [200, 200, 429]
+    assert other.get(AUTHORIZERS_URL).status_code == 200
+
+
+@pytest.mark.redis
+def test_the_rate_counters_lose_no_hit_when_processes_count_at_once(settings):
+    # The throttles' counter on the production cache (Redis), hit from many threads at once: every hit
+    # gets its own count (a read-modify-write would hand two requests the same one).
+    import os
+    import threading
+    import time
+    import uuid
+
+    from django.core.cache import cache
+
+    from openplatform.core.http import window_hits
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": os.environ["TEST_REDIS_URL"], "KEY_PREFIX": uuid.uuid4().hex}}
+    key, counts, start = "race", [], threading.Barrier(8)
+
+    def hit() -> None:
+        start.wait()
+        counts.extend(window_hits(key, window=3600)[0] for _ in range(25))
+
+    threads = [threading.Thread(target=hit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    try:
+        assert sorted(counts) == list(range(1, 201))
+        assert window_hits(key, window=3600, add=0)[0] == 200
+    finally:
+        cache.delete_many([f"{key}:{int(time.time() // 3600) + d}" for d in (-1, 0)])
+
+
 # -- the merchant API: scoped to the key's tenant ----------------------------------------------------------
 
 

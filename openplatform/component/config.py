@@ -22,6 +22,8 @@ class ComponentConfig:
     public_base_url: str
     http_timeout: float
     http_max_retries: int
+    #: Pushes whose `timestamp` is further than this from now are refused; 0: no check.
+    push_max_age_seconds: int = 600
 
     @property
     def is_configured(self) -> bool:
@@ -48,6 +50,7 @@ def component_config() -> ComponentConfig:
         public_base_url=settings.PUBLIC_BASE_URL,
         http_timeout=settings.WECHAT_HTTP_TIMEOUT,
         http_max_retries=settings.WECHAT_HTTP_MAX_RETRIES,
+        push_max_age_seconds=settings.WECHAT_PUSH_MAX_AGE_SECONDS,
     )
 
 

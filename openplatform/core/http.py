@@ -1,14 +1,43 @@
-"""Request helpers shared by every layer that answers HTTP (tenants' WeChat-facing views, the ops console)."""
+"""Who is asking, and how often: the client's address and the cache counters the throttles share.
+
+One rule for the client's address across the app (the merchant API's throttles, the failed-key
+limit, the admin allow-list): REMOTE_ADDR, or the X-Forwarded-For entry appended by the outermost of
+TRUSTED_PROXY_COUNT trusted proxies (DRF's NUM_PROXIES, set from it in settings.py). A client-sent
+X-Forwarded-For is never believed when no proxy is trusted.
+
+Counters live in the Django cache, which production requires to be shared (CACHE_URL, Redis): a
+per-process counter would let each web process grant the limit again.
+"""
 
 from __future__ import annotations
 
+import time
+
+from django.core.cache import cache
+from rest_framework.throttling import BaseThrottle
+
 
 def client_address(request) -> str:
-    """The client's address as the throttles see it: REMOTE_ADDR, or X-Forwarded-For's entry appended
-    by the outermost of TRUSTED_PROXY_COUNT trusted proxies (DRF's rule, one rule for the whole app).
-
-    Works on a Django `HttpRequest` as well as on a DRF `Request` (both carry `META`).
-    """
-    from rest_framework.throttling import BaseThrottle
-
+    """The client's address (a Django HttpRequest or a DRF Request)."""
     return BaseThrottle().get_ident(request)
+
+
+def window_hits(key: str, *, window: int, add: int = 1) -> tuple[int, float]:
+    """Count `add` hits on `key` in the current fixed window of `window` seconds, atomically.
+
+    Returns (hits in this window so far, seconds until the window ends). `add=0` only reads. The
+    increment is the cache's own INCR (atomic in Redis and in the locmem cache), so concurrent
+    requests from several processes never lose a count, unlike a read-modify-write of a list.
+    """
+    now = time.time()
+    bucket = f"{key}:{int(now // window)}"
+    left = window - (now % window)
+    if not add:
+        return int(cache.get(bucket) or 0), left
+    for _ in range(2):
+        cache.add(bucket, 0, timeout=window + 1)
+        try:
+            return int(cache.incr(bucket, add)), left
+        except ValueError:  # expired between add() and incr(): start it again
+            continue
+    return add, left

@@ -69,9 +69,9 @@ def _fault_response(fault: Fault) -> tuple[Response, int | None]:
 
 
 class SimulatorApp:
-    def __init__(self, state: SimulatorState | None = None) -> None:
+    def __init__(self, state: SimulatorState | None = None, *, control_token: str | None = None) -> None:
         self.state = state or SimulatorState()
-        self.control = ControlApi(self)
+        self.control = ControlApi(self, token=control_token)
 
     def __call__(self, environ: dict, start_response: Callable) -> Any:
         request = Request(environ)

@@ -16,10 +16,15 @@ class SimulatorControlError(Exception):
 
 
 class SimulatorControl:
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """`token`: the simulator's control token (SIMULATOR_CONTROL_TOKEN), sent as a bearer token; None when
+    the simulator runs without one (the local run)."""
+
+    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> None:
         self.url = base_url.rstrip("/")
         self.timeout = timeout
         self._session = requests.Session()
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self._session.close()

@@ -3,10 +3,15 @@
 ``SimulatorControl`` (control.py) mirrors every route one-to-one. Mutations happen under the state's
 lock; synchronous pushes (``push_event``) are delivered after it is released, because the receiver may
 call back into the simulator.
+
+With a control token (``SIMULATOR_CONTROL_TOKEN``), every route needs ``Authorization: Bearer <token>``:
+on a shared staging network the control API can reset the state, hand out authorizations and inject
+faults, which is nobody's business but the tests'. Without one (the local run) it is open.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -73,11 +78,22 @@ def _event_summary(result: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 class ControlApi:
-    def __init__(self, app: SimulatorApp) -> None:
+    def __init__(self, app: SimulatorApp, *, token: str | None = None) -> None:
         self.app = app
         self.state = app.state
+        self._token = token or None
+
+    def authorized(self, request: Request) -> bool:
+        if self._token is None:
+            return True
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self._token.encode())
 
     def dispatch(self, request: Request) -> Response:
+        if not self.authorized(request):
+            response = _json({"error": "the control API needs Authorization: Bearer <SIMULATOR_CONTROL_TOKEN>"}, 401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="simulator control"'
+            return response
         try:
             endpoint, args = _RULES.bind_to_environ(request.environ).match()
             body: dict[str, Any] = {}

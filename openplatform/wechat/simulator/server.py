@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -36,11 +37,13 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class SimulatorServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, quiet: bool = True) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, *, quiet: bool = True, control_token: str | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.quiet = quiet
-        self.app = SimulatorApp()
+        self.app = SimulatorApp(control_token=control_token)
         self.state = self.app.state
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -137,22 +140,47 @@ class SimulatorServer:
             self.stop()
 
 
+class UnsafeBind(ValueError):
+    """Listening beyond loopback with an open control API."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, control_token: str | None) -> None:
+    """Beyond loopback (a staging network) the control API must need a token: refuse to start otherwise."""
+    if not control_token and not is_loopback(host):
+        raise UnsafeBind(
+            f"refusing to listen on {host} with an open control API (/_sim/): set SIMULATOR_CONTROL_TOKEN "
+            "(or --control-token), or listen on 127.0.0.1"
+        )
+
+
 def serve(
     *,
     host: str,
     port: int,
     component: dict[str, str] | None,
     ticket_interval: float,
+    control_token: str | None = None,
     out: Any = sys.stdout,
 ) -> None:
     """Shared by the CLI and the management command: start, register, push tickets, run until stopped."""
-    server = SimulatorServer(host, port, quiet=False).start()
+    check_bind(host, control_token)
+    server = SimulatorServer(host, port, quiet=False, control_token=control_token).start()
     if component:
         server.register_component(**component)
         out.write(f"registered component {component['component_appid']} -> {component.get('events_url')}\n")
         if ticket_interval > 0 and component.get("events_url"):
             server.start_ticket_pusher(component["component_appid"], ticket_interval)
-    out.write(f"WeChat simulator listening on {server.url} (control API under {server.url}/_sim/)\n")
+    guard = "needs the control token" if control_token else "open: no control token"
+    out.write(f"WeChat simulator listening on {server.url} (control API under {server.url}/_sim/, {guard})\n")
     out.flush()
     server.run_forever()
 
@@ -167,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--aes-key", default=os.environ.get("WECHAT_COMPONENT_AES_KEY", ""))
     parser.add_argument("--events-url", default="", help="the component's authorization-event URL")
     parser.add_argument("--ticket-interval", type=float, default=TICKET_INTERVAL, help="0 disables pushes")
+    parser.add_argument(
+        "--control-token",
+        default=os.environ.get("SIMULATOR_CONTROL_TOKEN", ""),
+        help="bearer token the control API (/_sim/) requires (default $SIMULATOR_CONTROL_TOKEN; empty: open)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     component = None
@@ -178,7 +211,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "encoding_aes_key": args.aes_key,
             "events_url": args.events_url or None,
         }
-    serve(host=args.host, port=args.port, component=component, ticket_interval=args.ticket_interval)
+    try:
+        serve(host=args.host, port=args.port, component=component, ticket_interval=args.ticket_interval,
+              control_token=args.control_token or None)
+    except UnsafeBind as exc:
+        parser.error(str(exc))
     return 0
 
 

@@ -94,8 +94,10 @@ class Command(BaseCommand):
                 return
             # Ask the simulator to push one now (WeChat pushes every 10 minutes).
             try:
+                token = settings.SIMULATOR_CONTROL_TOKEN  # the simulator's control API may need it (staging)
                 requests.post(component_config().api_base.rstrip("/") + "/_sim/tickets/push",
-                              json={"component_appid": appid}, timeout=10)
+                              json={"component_appid": appid}, timeout=10,
+                              headers={"Authorization": f"Bearer {token}"} if token else {})
             except requests.RequestException:
                 pass
             time.sleep(1)

@@ -3,14 +3,16 @@
 The simulator itself imports no Django; this command only reads the component's credentials from the
 settings, registers them, and pushes a component_verify_ticket to our events URL now and every
 ``--ticket-interval`` seconds, as WeChat would, so the local run can obtain a component token.
+With SIMULATOR_CONTROL_TOKEN set, the control API (/_sim/) needs it as a bearer token; without it, the
+command refuses any --host but loopback.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from openplatform.wechat.simulator.server import TICKET_INTERVAL, serve
+from openplatform.wechat.simulator.server import TICKET_INTERVAL, UnsafeBind, serve
 
 EVENTS_PATH = "/wechat/component/events/"
 
@@ -49,4 +51,8 @@ class Command(BaseCommand):
                 "WECHAT_COMPONENT_APPID/APPSECRET/TOKEN/AES_KEY are not all set: no component registered "
                 "(register one with POST /_sim/components)."
             )
-        serve(host=host, port=port, component=component, ticket_interval=ticket_interval, out=self.stdout)
+        try:
+            serve(host=host, port=port, component=component, ticket_interval=ticket_interval,
+                  control_token=settings.SIMULATOR_CONTROL_TOKEN or None, out=self.stdout)
+        except UnsafeBind as exc:
+            raise CommandError(str(exc)) from None
