@@ -453,21 +453,18 @@ def _revocation_xml(appid: str, create_time: int) -> str:
 
 @pytest.mark.django_db(transaction=True)
 def test_a_late_unauthorized_event_cannot_revoke_a_newer_authorization(component, ticket, client, tenant, make_authorizer):
-    # given an account revoked at t0 and authorized again at t0+60 (events applied in that order)
+    # given a live account whose authorization was renewed at t0+60 (an `updateauthorized` event applied;
+    # an event never revives a revoked binding, issue 11 point 1, so the account stays live throughout)
     authorizer = make_authorizer(tenant)
     t0 = int(time.time()) - 300
-    body, params = signed_event(_revocation_xml(authorizer.appid, t0))
-    assert post_raw(client, COMPONENT_EVENTS_PATH, body, params).content == b"success"
-    authorizer.refresh_from_db()
-    assert authorizer.status == Authorizer.Status.REVOKED
     grant = component.authorize(APPID, authorizer_appid=authorizer.appid)
-    body, params = signed_event(_authorized_xml(grant, create_time=t0 + 60))
+    body, params = signed_event(_authorized_xml(grant, info_type="updateauthorized", create_time=t0 + 60))
     assert post_raw(client, COMPONENT_EVENTS_PATH, body, params).content == b"success"
-    process_component_event(ComponentEvent.objects.get(info_type="authorized").pk)
+    process_component_event(ComponentEvent.objects.get(info_type="updateauthorized").pk)
     authorizer.refresh_from_db()
     assert authorizer.status == Authorizer.Status.AUTHORIZED
 
-    # when the t0 revocation arrives again, freshly signed (a redelivery, or a replay with a new nonce)
+    # when a revocation from t0 arrives late, freshly signed (a delayed redelivery, or a replay)
     body, params = signed_event(_revocation_xml(authorizer.appid, t0), nonce="31337")
     response = post_raw(client, COMPONENT_EVENTS_PATH, body, params)
 
@@ -724,7 +721,8 @@ def _authorized_xml(grant: dict, info_type: str = "authorized", create_time: int
         f"<xml><AppId>{APPID}</AppId><CreateTime>{create_time}</CreateTime><InfoType>{info_type}</InfoType>"
         f"<AuthorizerAppid>{grant['authorizer_appid']}</AuthorizerAppid>"
         f"<AuthorizationCode>{grant['auth_code']}</AuthorizationCode>"
-        "<AuthorizationCodeExpiredTime>1715946929</AuthorizationCodeExpiredTime><PreAuthCode>p</PreAuthCode></xml>"
+        f"<AuthorizationCodeExpiredTime>{create_time + 3600}</AuthorizationCodeExpiredTime>"
+        "<PreAuthCode>p</PreAuthCode></xml>"
     )
 
 
