@@ -10,6 +10,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,10 +40,29 @@ def _wait_for(url: str, proc: subprocess.Popen, *, headers: dict[str, str]) -> N
     raise AssertionError(f"{url} did not answer within 30 s")
 
 
-def _stop(proc: subprocess.Popen) -> str:
+class _Output:
+    """The server's output, read as it comes (the access line is written after the response is sent)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        self._reader.start()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen, output: _Output) -> str:
+    output.wait_for('/wechat/component/authorized/?')
     os.killpg(proc.pid, signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    return out
+    proc.wait(timeout=30)
+    output._reader.join(timeout=5)
+    return output.text()
 
 
 def _assert_logged_without_secrets(output: str) -> None:
@@ -67,6 +87,7 @@ def test_gunicorn_access_log_of_the_procfile_command_has_no_code_or_state(tmp_pa
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
+    output = _Output(server)
     headers = {"Host": HOST, "X-Forwarded-Proto": "https"}
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz", server, headers=headers)
@@ -76,7 +97,7 @@ def test_gunicorn_access_log_of_the_procfile_command_has_no_code_or_state(tmp_pa
         )
         assert answer.status_code == 400  # a state we never signed
     finally:
-        output = _stop(server)
+        output = _stop(server, output)
     _assert_logged_without_secrets(output)
 
 
@@ -95,6 +116,7 @@ def test_runserver_access_log_has_no_code_or_state(tmp_path):
         [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    output = _Output(server)
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz", server, headers={})
         requests.get(
@@ -102,7 +124,7 @@ def test_runserver_access_log_has_no_code_or_state(tmp_path):
             headers={"Referer": REFERER}, timeout=10,
         )
     finally:
-        output = _stop(server)
+        output = _stop(server, output)
     _assert_logged_without_secrets(output)
 
 
