@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from io import StringIO
 from pathlib import Path
 
@@ -461,3 +462,58 @@ def test_start_push_ticket_reports_wechat_errors_without_the_secret(component, s
         call_command("start_push_ticket", stdout=StringIO())
     assert "api_start_push_ticket failed" in str(excinfo.value)
     assert "wrong-secret-value" not in str(excinfo.value)
+
+
+# --- the lock files (supply chain) ------------------------------------------------------------------
+
+
+def _locked(path: Path) -> dict[str, tuple[str, int]]:
+    """name -> (pinned version, number of hashes) from a pip-compile --generate-hashes file."""
+    pins, current = {}, None
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^ \\]+)", line)
+        if match:
+            current = re.sub(r"[-_.]+", "-", match.group(1)).lower()
+            pins[current] = (match.group(2), 0)
+        elif current and line.strip().startswith("--hash=sha256:"):
+            version, hashes = pins[current]
+            pins[current] = (version, hashes + 1)
+    return pins
+
+
+def _declared(extra: str | None = None) -> set[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requirements = project["optional-dependencies"][extra] if extra else project["dependencies"]
+    return {re.sub(r"[-_.]+", "-", re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0]).lower() for r in requirements}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text)[:3])
+
+
+def test_every_dependency_is_pinned_with_hashes_and_past_the_known_cves():
+    prod, dev = _locked(REPO / "requirements" / "prod.txt"), _locked(REPO / "requirements" / "dev.txt")
+    assert _declared() <= set(prod), _declared() - set(prod)
+    assert _declared() | _declared("dev") <= set(dev), (_declared() | _declared("dev")) - set(dev)
+    for pins in (prod, dev):
+        assert all(hashes for _, hashes in pins.values()), [n for n, (_, h) in pins.items() if not h]
+        assert _version(pins["django"][0]) >= (5, 2, 11)
+        assert _version(pins["requests"][0]) >= (2, 32, 4)
+        assert _version(pins["cryptography"][0]) >= (44, 0, 1)
+    # the same version of each runtime package in both files
+    assert {n: v for n, (v, _) in dev.items() if n in prod} == {n: v for n, (v, _) in prod.items()}
+
+
+def test_the_image_and_make_install_use_the_lock_files_with_hashes_required():
+    assert any("--require-hashes -r requirements.txt" in line for line in _dockerfile_lines())
+    assert "COPY requirements/prod.txt" in (DEPLOY / "Dockerfile").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    assert "--require-hashes -r requirements/dev.txt" in makefile and "--no-deps -e ." in makefile
+
+
+def test_the_image_copies_every_package_the_project_installs():
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    for pattern in packages:
+        name = pattern.rstrip("*")
+        assert f"COPY {name} ./{name}" in dockerfile, name
