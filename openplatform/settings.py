@@ -186,7 +186,8 @@ AXES_VERBOSE = False
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="WeChat Open Platform")
 
 # --- Request size limits ---
-# An upload is at most 1 MiB; the multipart envelope adds a little. Larger bodies are refused early.
+# Form fields (not files) Django keeps in memory for any request. The upload API caps its own body
+# more tightly while it streams it (uploads/api.py: 1 MiB of image, or UPLOAD_FIT_MAX_BYTES with fit).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
@@ -351,6 +352,9 @@ UPLOAD_MAX_ATTEMPTS = env.int("UPLOAD_MAX_ATTEMPTS", default=6)
 UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=2.0)
 UPLOAD_RETRY_MAX_SECONDS = env.float("UPLOAD_RETRY_MAX_SECONDS", default=60.0)
 UPLOAD_BYTES_RETENTION_DAYS = env.int("UPLOAD_BYTES_RETENTION_DAYS", default=7)
+#: The largest image POST /api/v1/uploads/ takes with fit=true (it stays in memory while it is decoded;
+#: uploads/images.py keeps the rest of the request within docs/architecture.md §3.5's 64 MB).
+UPLOAD_FIT_MAX_BYTES = env.int("UPLOAD_FIT_MAX_BYTES", default=10 * 1024 * 1024)
 
 # --- Scheduled jobs (openplatform/ops/schedules.py; written to the beat tables on every `migrate`) ---
 #: The beat jobs refreshing the component and authorizer tokens run this often; each refreshes the tokens

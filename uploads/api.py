@@ -12,13 +12,13 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from openplatform.core.api import RefusingSerializer
 from openplatform.core.api_schema import refusal_responses, refusal_table
+from uploads.body import UploadFormParser, UploadMultiPartParser, query_fit, refuse_declared_length, too_large
 from uploads.errors import (
     EmptyFile,
     IdempotencyConflict,
@@ -34,13 +34,11 @@ from uploads.errors import (
     UnknownAuthorizer,
     UploadNotFound,
 )
-from uploads.images import MAX_FIT_INPUT_BYTES
+from uploads.images import fit_input_limit
 from uploads.models import Upload
 from uploads.selectors import upload_get, upload_list
 from uploads.services.accept import upload_create
 
-#: The multipart envelope around a file adds far less than this.
-ENVELOPE_ALLOWANCE = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 255
 
 
@@ -79,13 +77,16 @@ class UploadCreateSerializer(RefusingSerializer):
 
     media = serializers.FileField(
         allow_empty_file=True,  # `empty_file` is the image check's, like every other verdict on the bytes
-        help_text="The image: a real JPEG or PNG, at most 1,048,576 bytes.",
+        help_text="The image: a real JPEG or PNG, at most 1,048,576 bytes (with fit=true, UPLOAD_FIT_MAX_BYTES: "
+        "10,485,760 by default).",
     )
     authorizer_appid = serializers.CharField(max_length=64, help_text="One of your authorized accounts.")
     fit = FitField(
         required=False, default=False,
         help_text="Recompress or downscale a valid JPEG/PNG over 1 MB until it fits (PNG keeps transparency; "
-        "orientation is applied and metadata stripped). The record keeps both sizes.",
+        "orientation is applied and metadata stripped). The record keeps both sizes. For an image over 1 MB, "
+        "send it in the query string (?fit=true) or before the media part: the limit is set before the image "
+        "is read.",
     )
 
     refusals = {
@@ -106,14 +107,20 @@ class UploadCreateSerializer(RefusingSerializer):
         parts = self.initial_data.getlist("media") if hasattr(self.initial_data, "getlist") else [media]
         if sum(isinstance(part, UploadedFile) for part in parts) > 1:
             raise MultipleMedia()  # rather than silently picking one of them
-        if media.size > MAX_FIT_INPUT_BYTES:  # refused before its bytes are read into memory
-            raise ImageTooLarge(f"The image is {media.size:,} bytes; the limit is 1,048,576 bytes.")
+        if media.size > fit_input_limit():  # (uploads/body.py stops reading long before)
+            raise too_large(True)
         return media
 
     def validate(self, attrs: dict) -> dict:
-        idempotency_key = self.context["request"].headers.get("Idempotency-Key", "").strip()
+        request = self.context["request"]
+        idempotency_key = request.headers.get("Idempotency-Key", "").strip()
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidIdempotencyKey()
+        in_query = query_fit(request)
+        if in_query is not None:
+            if "fit" in self.initial_data and attrs["fit"] != in_query:
+                raise InvalidFit("fit is given twice, with different values.")
+            attrs["fit"] = in_query
         return {**attrs, "idempotency_key": idempotency_key}
 
 
@@ -124,19 +131,10 @@ UPLOAD_CREATE_REFUSALS = (
 )
 
 
-def _refuse_oversized_body(request: Request) -> None:
-    """A body declared far larger than any image we take is refused before it is read or parsed."""
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > MAX_FIT_INPUT_BYTES + ENVELOPE_ALLOWANCE:
-        raise ImageTooLarge("The request body is far larger than the 1 MB image limit.")
-
-
 class UploadListCreateApi(ListAPIView):
     serializer_class = UploadSerializer
-    parser_classes = [MultiPartParser, FormParser]
+    # The body is read with a cap that holds while it streams (uploads/body.py).
+    parser_classes = [UploadMultiPartParser, UploadFormParser]
 
     def get_queryset(self):
         status_filter = self.request.query_params.get("status") or None
@@ -166,6 +164,11 @@ class UploadListCreateApi(ListAPIView):
         request={"multipart/form-data": UploadCreateSerializer},
         parameters=[
             OpenApiParameter(
+                "fit", OpenApiTypes.BOOL, OpenApiParameter.QUERY, required=False,
+                description="The same as the `fit` form field; here the larger limit is known before the body "
+                "is read. Given in both places, the two must agree.",
+            ),
+            OpenApiParameter(
                 "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
                 description="Any unique string (max 255). Repeating a request with the same key returns the "
                 "same upload and creates nothing; the same key with a different request is 409.",
@@ -191,7 +194,8 @@ class UploadListCreateApi(ListAPIView):
         ],
     )
     def post(self, request: Request) -> Response:
-        _refuse_oversized_body(request)
+        query_fit(request)  # an invalid ?fit= is refused before the body is read
+        refuse_declared_length(request)
         incoming = UploadCreateSerializer(data=request.data, context={"request": request})
         incoming.is_valid(raise_exception=True)
         fields = incoming.validated_data

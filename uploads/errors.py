@@ -93,7 +93,7 @@ class InvalidFileType(ImageRejected):
 
 
 class ImageDimensionsTooLarge(ImageRejected):
-    """More than 40 million pixels."""
+    """More than 24 million pixels, or more than the decode memory budget (README "Limits")."""
 
     code = "image_dimensions_too_large"
     default_detail = "The image's dimensions are too large."
