@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from openplatform.core.api import RefusingSerializer
+from openplatform.core.api import InvalidPage, RefusingSerializer, is_clean_text
 from openplatform.core.api_schema import refusal_responses, refusal_table
 from uploads.body import UploadFormParser, UploadMultiPartParser, query_fit, refuse_declared_length, too_large
 from uploads.errors import (
@@ -24,6 +24,7 @@ from uploads.errors import (
     IdempotencyConflict,
     ImageDimensionsTooLarge,
     ImageTooLarge,
+    InvalidAuthorizerFilter,
     InvalidFileType,
     InvalidFit,
     InvalidIdempotencyKey,
@@ -40,6 +41,7 @@ from uploads.selectors import upload_get, upload_list
 from uploads.services.accept import upload_create
 
 MAX_IDEMPOTENCY_KEY = 255
+MAX_APPID = 64  # Authorizer.appid
 
 
 class PermissionCheckSerializer(serializers.Serializer):
@@ -114,7 +116,8 @@ class UploadCreateSerializer(RefusingSerializer):
     def validate(self, attrs: dict) -> dict:
         request = self.context["request"]
         idempotency_key = request.headers.get("Idempotency-Key", "").strip()
-        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        # printable ASCII: a NUL would reach PostgreSQL, a lone surrogate could not be encoded for it
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not (idempotency_key.isascii() and idempotency_key.isprintable()):
             raise InvalidIdempotencyKey()
         in_query = query_fit(request)
         if in_query is not None:
@@ -140,11 +143,12 @@ class UploadListCreateApi(ListAPIView):
         status_filter = self.request.query_params.get("status") or None
         if status_filter and status_filter not in Upload.Status.values:
             raise InvalidStatusFilter(f"status must be one of {', '.join(Upload.Status.values)}")
-        return upload_list(
-            tenant=self.request.user.tenant,
-            status=status_filter,
-            authorizer_appid=self.request.query_params.get("authorizer_appid") or None,
-        )
+        # Checked before the database sees it (PostgreSQL refuses NUL); an appid that could exist but
+        # is not yours simply lists nothing.
+        appid = self.request.query_params.get("authorizer_appid") or None
+        if appid is not None and not is_clean_text(appid, max_length=MAX_APPID):
+            raise InvalidAuthorizerFilter()
+        return upload_list(tenant=self.request.user.tenant, status=status_filter, authorizer_appid=appid)
 
     @extend_schema(
         summary="List your uploads, newest first",
@@ -152,7 +156,10 @@ class UploadListCreateApi(ListAPIView):
             OpenApiParameter("status", OpenApiTypes.STR, enum=Upload.Status.values),
             OpenApiParameter("authorizer_appid", OpenApiTypes.STR),
         ],
-        responses={200: UploadSerializer(many=True), **refusal_responses([InvalidStatusFilter])},
+        responses={
+            200: UploadSerializer(many=True),
+            **refusal_responses([InvalidStatusFilter, InvalidAuthorizerFilter, InvalidPage]),
+        },
     )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
