@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from openplatform.core.api import InvalidPage, RefusingSerializer, is_clean_text
 from openplatform.core.api_schema import refusal_responses, refusal_table
+from openplatform.wechat.errors import without_addresses
 from uploads.body import UploadFormParser, UploadMultiPartParser, query_fit, refuse_declared_length, too_large
 from uploads.errors import (
     EmptyFile,
@@ -50,9 +51,22 @@ class PermissionCheckSerializer(serializers.Serializer):
     passed = serializers.BooleanField(allow_null=True)
 
 
+class TenantErrmsgField(serializers.CharField):
+    """WeChat's errmsg as a tenant may read it: without the IP addresses WeChat names (our servers', in
+    40164 and 61004). The full text stays on the record and its attempts, for operators (the admin)."""
+
+    def to_representation(self, value):
+        return without_addresses(super().to_representation(value))
+
+
 class UploadSerializer(serializers.ModelSerializer):
+    """An upload as its tenant sees it, in the API and in webhooks."""
+
     authorizer_appid = serializers.CharField(source="authorizer.appid")
     permission_check = PermissionCheckSerializer()
+    errmsg = TenantErrmsgField(read_only=True, help_text=(
+        "Why it failed or was rejected: WeChat's errcode and errmsg (server addresses removed) and their meaning."
+    ))
 
     class Meta:
         model = Upload

@@ -19,6 +19,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
 
+from openplatform.wechat.errors import without_addresses
+
 
 class ApiError(Exception):
     """A refusal with a stable `code` and an HTTP `status`, both set on each subclass::
@@ -154,7 +156,8 @@ def api_exception_handler(exc, context) -> Response | None:
     exc = _translate(exc)
     if isinstance(exc, ApiError):
         set_rollback()
-        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
+        # A refusal may quote WeChat (503 wechat_unavailable), whose errmsg can name our servers' addresses.
+        return Response({"code": exc.code, "detail": without_addresses(exc.detail)}, status=exc.status)
     response = exception_handler(exc, context)
     if response is None:
         return None
