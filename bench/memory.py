@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.memory            # every case, as a table
     .venv/bin/python -m bench.memory --json     # one JSON object per case
     .venv/bin/python -m bench.memory --case png-6300x6300-rgba-166KB
+    .venv/bin/python -m bench.memory --corpus-limits '{"max_pixels": 24000000, ...}'  # pin the files
 
 Each case runs in its own Python process, like a web worker: Django set up, two small uploads to warm it
 (imports, the database connection, Pillow's plugins), then the freed heap returned to the system
@@ -164,7 +165,7 @@ def _run_case(path: Path, fit: str | None, api_key: str) -> dict:
 class Bench:
     """A prepared database and API key, and the corpus at the limits in force."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, corpus_limits: dict | None = None):
         self.workdir = workdir
         self.env = _environment(workdir)
         out = subprocess.run([sys.executable, "-m", "bench.memory", "--prepare"], cwd=ROOT, env=self.env,
@@ -174,7 +175,8 @@ class Bench:
         self.limits = json.loads(out.stdout.strip().splitlines()[-1])
         from bench.hostile_images import corpus
 
-        self.cases = {c.name: c for c in corpus(**{k: v for k, v in self.limits.items() if k != "api_key"})}
+        limits = corpus_limits or {k: v for k, v in self.limits.items() if k != "api_key"}
+        self.cases = {c.name: c for c in corpus(**limits)}
 
     def measure(self, name: str) -> dict:
         case = self.cases[name]
@@ -208,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", action="append", help="only this case (repeatable)")
     parser.add_argument("--json", action="store_true", help="one JSON object per case instead of a table")
+    parser.add_argument("--corpus-limits", type=json.loads, metavar="JSON",
+                        help="build the corpus at these limits, not the code's (the same files for two versions "
+                        "of the code), e.g. the 'limits' line another run printed")
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--fit", default="none", help=argparse.SUPPRESS)
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_run_case(args.run, None if args.fit == "none" else args.fit, args.api_key)))
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        bench = Bench(Path(tmp))
+        bench = Bench(Path(tmp), args.corpus_limits)
         names = args.case or list(bench.cases)
         rows = []
         for name in names:
