@@ -219,7 +219,8 @@ AXES_VERBOSE = False
 OTP_TOTP_ISSUER = env.str("OTP_TOTP_ISSUER", default="WeChat Open Platform")
 
 # --- Request size limits ---
-# An upload is at most 1 MiB; the multipart envelope adds a little. Larger bodies are refused early.
+# Form fields (not files) Django keeps in memory for any request. The upload API caps its own body
+# more tightly while it streams it (uploads/api.py: 1 MiB of image, or UPLOAD_FIT_MAX_BYTES with fit).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=2 * 1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 
@@ -330,7 +331,7 @@ CELERY_TIMEZONE = TIME_ZONE
 # --- REST framework ---
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "openplatform.core.api.ApiPagination",
     "PAGE_SIZE": 50,
     "UNAUTHENTICATED_USER": None,
 }
@@ -440,6 +441,10 @@ UPLOAD_MAX_ATTEMPTS = env.int("UPLOAD_MAX_ATTEMPTS", default=6)
 UPLOAD_RETRY_BASE_SECONDS = env.float("UPLOAD_RETRY_BASE_SECONDS", default=2.0)
 UPLOAD_RETRY_MAX_SECONDS = env.float("UPLOAD_RETRY_MAX_SECONDS", default=60.0)
 UPLOAD_BYTES_RETENTION_DAYS = env.int("UPLOAD_BYTES_RETENTION_DAYS", default=7)
+#: The largest image POST /api/v1/uploads/ takes with fit=true (it stays in memory while it is decoded;
+#: uploads/images.py keeps the rest of the request within docs/architecture.md §3.5's 64 MB).
+UPLOAD_FIT_MAX_BYTES = env.int("UPLOAD_FIT_MAX_BYTES", default=10 * 1024 * 1024)
+
 #: An upload of bytes that already succeeded for the same authorizer within this many days reuses that
 #: URL (no WeChat call); 0 turns it off.
 UPLOAD_DEDUPE_DAYS = env.int("UPLOAD_DEDUPE_DAYS", default=30)

@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from openplatform.core.api import InvalidPage
 from openplatform.core.api_schema import refusal_responses
 from openplatform.wechat.errors import WeChatError
 from openplatform.wechat.permissions import UPLOADIMG_REQUIRED_ANY_OF, permission_set_name
@@ -49,6 +50,7 @@ class AuthorizerListApi(ListAPIView):
             "`can_upload_images` is true when the account is authorized and holds one of the permission "
             f"sets media/uploadimg needs: {', '.join(map(str, UPLOADIMG_REQUIRED_ANY_OF))}."
         ),
+        responses={200: AuthorizerSerializer(many=True), **refusal_responses([InvalidPage])},
     )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)

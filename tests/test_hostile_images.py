@@ -1,25 +1,18 @@
-"""A corpus of hostile image files: each is refused with a clear code (or, if harmless, accepted),
-never a crash, and never decoded into unbounded memory."""
+"""A corpus of hostile image files (bench/hostile_images.py): each is refused with a clear code (or, if
+harmless, accepted), never a crash, and one request with any of them grows a web process by at most
+64 MB (measured in a fresh process per case, as bench/memory.py does)."""
 
 from __future__ import annotations
 
 import io
-import struct
 import zlib
 
 import pytest
 from PIL import Image
 
+from bench.hostile_images import png as _png
+from bench.hostile_images import png_chunk as _chunk
 from uploads.images import MAX_PIXELS, ImageRejected, check_image
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _png(width: int, height: int, idat: bytes, *, extra: bytes = b"", color_type: int = 0, depth: int = 8) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + extra + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
 def test_huge_dimensions_in_a_tiny_file_are_refused_before_decoding():
@@ -108,3 +101,115 @@ def test_other_formats_are_refused_by_content(payload):
     with pytest.raises(ImageRejected) as exc:
         check_image(payload)
     assert exc.value.code == "invalid_file_type"
+
+
+# -- memory: one request, any image, at most 64 MB ---------------------------------------------------------
+
+
+def _case_names() -> list[str]:
+    from bench.hostile_images import corpus
+
+    return [c.name for c in corpus(max_pixels=MAX_PIXELS, fit_input_bytes=10 * 1024 * 1024)]
+
+
+@pytest.fixture(scope="module")
+def memory_bench(tmp_path_factory):
+    """bench/memory.py's set-up: a migrated SQLite database in a temporary directory, an API key, and the
+    corpus at the limits in force. Each case then runs in its own fresh Python process."""
+    from pathlib import Path
+
+    from bench.memory import Bench
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("measures with /proc (Linux)")
+    return Bench(tmp_path_factory.mktemp("memory"))
+
+
+@pytest.mark.parametrize("name", _case_names())
+def test_one_request_grows_a_web_process_by_at_most_64_mb(memory_bench, name):
+    """A fresh process per case (bench/memory.py): Django warmed up with two small uploads, the kernel's
+    peak-RSS mark reset, then one POST /api/v1/uploads/ through Django's WSGI handler; the growth is
+    VmHWM after minus VmRSS before. Before issue 11, a 166 KB 6300x6300 PNG took 159 MB this way."""
+    from bench.memory import BOUND_BYTES
+
+    case = memory_bench.cases[name]
+    result = memory_bench.measure(name)
+
+    assert "error" not in result, result
+    assert f"{result['status']} {result['code']}".startswith(case.expect), result
+    assert result["growth_bytes"] <= BOUND_BYTES, (
+        f"{name}: the request grew the process by {result['growth_bytes'] / 1e6:.1f} MB"
+    )
+
+
+# -- the decode budget ----------------------------------------------------------------------------------------
+
+
+def test_progressive_jpeg_is_refused_by_its_coefficient_buffer_not_only_by_pixels():
+    """libjpeg keeps every coefficient of a progressive JPEG (2 bytes a sample at full size) whatever the
+    scale it outputs: 4,000 x 4,000 at 4:4:4 needs 96 MB although it is under the pixel cap."""
+    from bench.hostile_images import pillow_jpeg
+
+    progressive = pillow_jpeg((4000, 4000), progressive=True, subsampling=0)
+    baseline = pillow_jpeg((4000, 4000), subsampling=0)
+    assert 4000 * 4000 < MAX_PIXELS and len(progressive) < 1_048_576
+
+    with pytest.raises(ImageRejected) as exc:
+        check_image(progressive)
+    assert exc.value.code == "image_dimensions_too_large"
+    assert "MB to decode" in exc.value.detail
+    assert check_image(baseline).width == 4000  # one pass at 1/8 scale: cheap
+
+
+def test_sequential_jpeg_with_one_scan_per_component_counts_as_multi_scan():
+    from bench.hostile_images import pillow_jpeg
+    from uploads.images import _jpeg_first_scan_components
+
+    jpeg = bytearray(pillow_jpeg((64, 64)))
+    assert _jpeg_first_scan_components(bytes(jpeg)) == 3  # Pillow interleaves the three components
+    sos = jpeg.index(b"\xff\xda")
+    jpeg[sos + 4] = 1  # the first scan now claims to carry one component only
+    assert _jpeg_first_scan_components(bytes(jpeg)) == 1
+
+
+def test_many_text_chunks_are_refused_before_pillow_holds_64_mb_of_text():
+    from bench.hostile_images import many_ztxt
+
+    with pytest.raises(ImageRejected) as exc:
+        check_image(many_ztxt(80))
+    assert exc.value.code == "invalid_file_type"
+
+
+def test_fit_scales_a_large_image_down_before_working_on_it(settings):
+    """fit decodes, then works on at most MAX_FIT_WORKING_PIXELS: the result is never larger."""
+    from bench.hostile_images import png_with_noise
+    from uploads.images import MAX_FIT_WORKING_PIXELS
+
+    data = png_with_noise((2600, 2600), 700)  # 6.8 megapixels, over 1 MB
+    assert len(data) > 1_048_576
+
+    checked = check_image(data, fit=True)
+
+    assert checked.fitted and checked.size <= 1_048_576
+    assert checked.width * checked.height <= MAX_FIT_WORKING_PIXELS
+    assert abs(checked.width - checked.height) <= 1  # the aspect ratio is kept
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_banded_downscale_is_a_whole_image_resize(mode):
+    import random
+
+    from PIL import ImageChops
+
+    from uploads.images import downscale
+
+    rnd = random.Random(5)
+    image = Image.frombytes("RGB", (1500, 1100), rnd.randbytes(1500 * 1100 * 3)).convert(mode)
+    if mode == "RGBA":
+        image.putalpha(Image.linear_gradient("L").resize(image.size).point(lambda v: 128 + v // 2))
+
+    for size in [(700, 513), (1499, 1099), (90, 40)]:
+        ours, pillows = downscale(image, size), image.resize(size, Image.Resampling.LANCZOS)
+        assert ours.size == size and ours.mode == mode
+        worst = max(high for _, high in ImageChops.difference(ours.convert("RGBA"), pillows.convert("RGBA")).getextrema())
+        assert worst <= (2 if mode == "RGBA" else 1), (size, worst)

@@ -679,6 +679,25 @@ def test_delay_fault_makes_a_client_time_out(sim):
     assert upload(sim, account["access_token"], timeout=2)["errcode"] == 0
 
 
+def test_an_errcode_fault_may_carry_its_own_errmsg_and_names_the_callers_address(sim):
+    """40164 and 61004 name the caller's address, as WeChat's do; an errmsg given with the fault replaces
+    the usual text ("{ip}" in it is the address); without one, the usual text, as before."""
+    account = onboard(sim, component_token(sim))
+    sim.inject_fault(UPLOADIMG, "errcode", errcode=40164)
+    sim.inject_fault(UPLOADIMG, "errcode", errcode=61004, errmsg="api ip not in whitelist {ip} hint: [ab12]")
+    sim.inject_fault(UPLOADIMG, "errcode", errcode=45009)
+
+    whitelist, custom, plain = (upload(sim, account["access_token"]) for _ in range(3))
+
+    assert whitelist["errcode"] == 40164
+    assert whitelist["errmsg"].startswith("invalid ip 127.0.0.1 ipv6 ::ffff:127.0.0.1, not in whitelist rid: ")
+    assert custom["errcode"] == 61004
+    assert custom["errmsg"].startswith("api ip not in whitelist 127.0.0.1 hint: [ab12] rid: ")
+    assert plain["errmsg"].startswith("reach max api daily quota limit rid: ")
+    with pytest.raises(SimulatorControlError):
+        sim.inject_fault(UPLOADIMG, "errcode", errcode=40164, errmsg=7)
+
+
 def test_random_failures_are_reproducible_with_a_seed(sim):
     account = onboard(sim, component_token(sim))
 

@@ -209,6 +209,154 @@ def test_decompression_bomb_is_refused_by_its_dimensions(api_client, authorizer,
     assert_refused(post(api_client, data, authorizer.appid), 400, "image_dimensions_too_large")
 
 
+# -- a bounded body (issue 11: bounded cost per request) -----------------------------------------------------
+
+
+class CountingStream(io.BytesIO):
+    """The request body as the server's socket hands it over, counting what Django reads of it."""
+
+    def __init__(self, body: bytes):
+        super().__init__(body)
+        self.consumed = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.consumed += len(data)
+        return data
+
+    def readline(self, size=-1):
+        data = super().readline(size)
+        self.consumed += len(data)
+        return data
+
+
+def multipart_body(*parts: tuple[str, bytes | str]) -> tuple[bytes, str]:
+    """A multipart body with the parts in this order: `media` (and names ending in `.file`) as files."""
+    boundary = "b0undary7c1d"
+    out = []
+    for name, value in parts:
+        if name == "media" or name.endswith(".file"):
+            out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name.removesuffix(".file")}"; '
+                       f'filename="a.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + value + b"\r\n")
+        else:
+            out.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    return b"".join(out) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def send_counted(client, body: bytes, content_type: str, *, query: str = "", content_length: int | None = -1):
+    """POST `body` as a stream; `content_length` None leaves the header out (a chunked request), -1 is honest."""
+    stream = CountingStream(body)
+    extra = {"wsgi.input": stream, "CONTENT_TYPE": content_type}
+    if content_length is not None:
+        extra["CONTENT_LENGTH"] = str(len(body) if content_length == -1 else content_length)
+    response = client.generic("POST", URL + (f"?{query}" if query else ""), b"", content_type=content_type, **extra)
+    return response, stream.consumed
+
+
+def test_without_fit_the_body_is_read_no_further_than_one_mebibyte_of_image(api_client, authorizer):
+    body, content_type = multipart_body(("authorizer_appid", authorizer.appid), ("media", png_padded_to(5 * 2**20)))
+
+    response, consumed = send_counted(api_client, body, content_type)
+
+    assert_refused(response, 413, "image_too_large")
+    assert "?fit=true" in response.json()["detail"]
+    # 1 MiB of image, the envelope, and at most one 64 KiB chunk read ahead: never the 5 MiB.
+    assert consumed <= MAX_UPLOAD_BYTES + 2 * 64 * 1024, consumed
+
+
+def test_the_cap_holds_when_content_length_understates_or_is_absent(api_client, authorizer):
+    body, content_type = multipart_body(("authorizer_appid", authorizer.appid), ("media", png_padded_to(5 * 2**20)))
+
+    understated, read_understated = send_counted(api_client, body, content_type, content_length=1_000_000)
+    chunked, read_chunked = send_counted(api_client, body, content_type, content_length=None)
+
+    # Django reads no further than the declared length (the multipart is then cut short: no media part),
+    # and a body without Content-Length is not read at all: neither buffers the 5 MiB.
+    assert_refused(understated, 400, "missing_media")
+    assert read_understated <= 1_000_000
+    assert_refused(chunked, 400, "missing_media")
+    assert read_chunked == 0
+
+
+def test_many_file_parts_count_together(api_client, authorizer):
+    parts = [(f"other{i}.file", b"x" * 300_000) for i in range(5)]  # 1.5 MB of files, none over 1 MiB
+    body, content_type = multipart_body(("authorizer_appid", authorizer.appid), *parts,
+                                        ("media", image_bytes()))
+
+    response, consumed = send_counted(api_client, body, content_type)
+
+    assert_refused(response, 413, "image_too_large")
+    assert consumed <= MAX_UPLOAD_BYTES + 2 * 64 * 1024
+
+
+def test_fit_in_the_query_string_raises_the_limit_before_the_body_is_read(api_client, authorizer):
+    data = noise_bytes("JPEG", (1500, 1500), "RGB", quality=95)  # about 2.7 MB
+    assert len(data) > 2 * MAX_UPLOAD_BYTES
+    body, content_type = multipart_body(("authorizer_appid", authorizer.appid), ("media", data))
+
+    response, consumed = send_counted(api_client, body, content_type, query="fit=true")
+
+    assert response.status_code == 202, response.content
+    assert response.json()["fitted"] is True and response.json()["original_size"] == len(data)
+    assert consumed == len(body)
+
+
+def test_fit_as_a_form_field_before_the_image_raises_the_limit_too(api_client, authorizer):
+    data = noise_bytes("JPEG", (1500, 1500), "RGB", quality=95)
+    before, content_type = multipart_body(("authorizer_appid", authorizer.appid), ("fit", "true"), ("media", data))
+    after, _ = multipart_body(("authorizer_appid", authorizer.appid), ("media", data), ("fit", "true"))
+
+    accepted, _ = send_counted(api_client, before, content_type)
+    refused, consumed = send_counted(api_client, after, content_type)
+
+    assert accepted.status_code == 202, accepted.content
+    assert accepted.json()["fitted"] is True
+    # Sent after the image, `fit` comes too late to raise the limit: the read stopped at 1 MiB.
+    assert_refused(refused, 413, "image_too_large")
+    assert "before the 'media' part" in refused.json()["detail"]
+    assert consumed <= MAX_UPLOAD_BYTES + 2 * 64 * 1024
+
+
+def test_fit_limit_is_a_setting_and_a_larger_declared_body_is_not_read(api_client, authorizer, settings):
+    settings.UPLOAD_FIT_MAX_BYTES = 2 * MAX_UPLOAD_BYTES
+    over = png_padded_to(2 * MAX_UPLOAD_BYTES + 1)
+    body, content_type = multipart_body(("authorizer_appid", authorizer.appid), ("media", over))
+    huge, _ = multipart_body(("authorizer_appid", authorizer.appid), ("media", png_padded_to(3 * MAX_UPLOAD_BYTES)))
+
+    streamed, _ = send_counted(api_client, body, content_type, query="fit=true")
+    declared, read_declared = send_counted(api_client, huge, content_type, query="fit=true")
+
+    assert_refused(streamed, 413, "image_too_large")
+    assert "2,097,152" in streamed.json()["detail"]
+    assert_refused(declared, 413, "image_too_large")
+    assert read_declared == 0
+
+
+@pytest.mark.parametrize(("query", "form_fit"), [
+    ("fit=banana", None), ("fit=true&fit=false", None), ("fit=true", "false"), ("fit=0", "1"),
+])
+def test_an_invalid_or_contradicting_fit_is_refused(api_client, authorizer, query, form_fit):
+    fields = [("authorizer_appid", authorizer.appid)] + ([("fit", form_fit)] if form_fit else [])
+    body, content_type = multipart_body(*fields, ("media", image_bytes()))
+
+    response, consumed = send_counted(api_client, body, content_type, query=query)
+
+    assert_refused(response, 400, "invalid")
+    if form_fit is None:
+        assert consumed == 0  # refused before the body is read
+    assert not Upload.objects.exists()
+
+
+def test_fit_true_in_the_query_and_in_the_form_agree(api_client, authorizer):
+    data = noise_bytes("JPEG", (1500, 1500), "RGB", quality=95)
+
+    response = api_client.post(URL + "?fit=TRUE", {"fit": "1", "media": media_file(data, "a.jpg", "image/jpeg"),
+                                                   "authorizer_appid": authorizer.appid}, format="multipart")
+
+    assert response.status_code == 202, response.content
+    assert response.json()["fitted"] is True
+
+
 # -- the authorizer -----------------------------------------------------------------------------------------
 
 
@@ -439,9 +587,9 @@ def test_bad_requests_are_4xx_json_never_5xx(api_client, authorizer):
 
 
 def test_fit_input_over_its_own_limit_is_refused(api_client, authorizer):
-    from uploads.images import MAX_FIT_INPUT_BYTES
+    from uploads.images import fit_input_limit
 
-    data = png_padded_to(MAX_FIT_INPUT_BYTES + 1)
+    data = png_padded_to(fit_input_limit() + 1)
 
     assert_refused(post(api_client, data, authorizer.appid, fit="true"), 413, "image_too_large")
 

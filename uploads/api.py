@@ -12,18 +12,20 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
-from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from openplatform.core.api import RefusingSerializer
+from openplatform.core.api import InvalidPage, RefusingSerializer, is_clean_text
 from openplatform.core.api_schema import refusal_responses, refusal_table
+from openplatform.wechat.errors import without_addresses
+from uploads.body import UploadFormParser, UploadMultiPartParser, query_fit, refuse_declared_length, too_large
 from uploads.errors import (
     EmptyFile,
     IdempotencyConflict,
     ImageDimensionsTooLarge,
     ImageTooLarge,
+    InvalidAuthorizerFilter,
     InvalidFileType,
     InvalidFit,
     InvalidIdempotencyKey,
@@ -34,14 +36,13 @@ from uploads.errors import (
     UnknownAuthorizer,
     UploadNotFound,
 )
-from uploads.images import MAX_FIT_INPUT_BYTES
+from uploads.images import fit_input_limit
 from uploads.models import Upload
 from uploads.selectors import upload_get, upload_list
 from uploads.services.accept import upload_create
 
-#: The multipart envelope around a file adds far less than this.
-ENVELOPE_ALLOWANCE = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 255
+MAX_APPID = 64  # Authorizer.appid
 
 
 class PermissionCheckSerializer(serializers.Serializer):
@@ -50,13 +51,26 @@ class PermissionCheckSerializer(serializers.Serializer):
     passed = serializers.BooleanField(allow_null=True)
 
 
+class TenantErrmsgField(serializers.CharField):
+    """WeChat's errmsg as a tenant may read it: without the IP addresses WeChat names (our servers', in
+    40164 and 61004). The full text stays on the record and its attempts, for operators (the admin)."""
+
+    def to_representation(self, value):
+        return without_addresses(super().to_representation(value))
+
+
 class UploadSerializer(serializers.ModelSerializer):
+    """An upload as its tenant sees it, in the API and in webhooks."""
+
     authorizer_appid = serializers.CharField(source="authorizer.appid")
     permission_check = PermissionCheckSerializer()
     reused_from = serializers.UUIDField(
         source="reused_from_id", allow_null=True,
         help_text="Set when these bytes had already succeeded for this account: the earlier upload whose "
         "`url` this one reuses (no WeChat call was made).")
+    errmsg = TenantErrmsgField(read_only=True, help_text=(
+        "Why it failed or was rejected: WeChat's errcode and errmsg (server addresses removed) and their meaning."
+    ))
 
     class Meta:
         model = Upload
@@ -83,13 +97,16 @@ class UploadCreateSerializer(RefusingSerializer):
 
     media = serializers.FileField(
         allow_empty_file=True,  # `empty_file` is the image check's, like every other verdict on the bytes
-        help_text="The image: a real JPEG or PNG, at most 1,048,576 bytes.",
+        help_text="The image: a real JPEG or PNG, at most 1,048,576 bytes (with fit=true, UPLOAD_FIT_MAX_BYTES: "
+        "10,485,760 by default).",
     )
     authorizer_appid = serializers.CharField(max_length=64, help_text="One of your authorized accounts.")
     fit = FitField(
         required=False, default=False,
         help_text="Recompress or downscale a valid JPEG/PNG over 1 MB until it fits (PNG keeps transparency; "
-        "orientation is applied and metadata stripped). The record keeps both sizes.",
+        "orientation is applied and metadata stripped). The record keeps both sizes. For an image over 1 MB, "
+        "send it in the query string (?fit=true) or before the media part: the limit is set before the image "
+        "is read.",
     )
     dedupe = serializers.BooleanField(
         required=False, default=True,
@@ -116,15 +133,21 @@ class UploadCreateSerializer(RefusingSerializer):
         parts = self.initial_data.getlist("media") if hasattr(self.initial_data, "getlist") else [media]
         if sum(isinstance(part, UploadedFile) for part in parts) > 1:
             raise MultipleMedia()  # rather than silently picking one of them
-        if media.size > MAX_FIT_INPUT_BYTES:  # refused before its bytes are read into memory
-            raise ImageTooLarge(f"The image is {media.size:,} bytes; the limit is 1,048,576 bytes.")
+        if media.size > fit_input_limit():  # (uploads/body.py stops reading long before)
+            raise too_large(True)
         return media
 
     def validate(self, attrs: dict) -> dict:
         request = self.context["request"]
         idempotency_key = request.headers.get("Idempotency-Key", "").strip()
-        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+        # printable ASCII: a NUL would reach PostgreSQL, a lone surrogate could not be encoded for it
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY or not (idempotency_key.isascii() and idempotency_key.isprintable()):
             raise InvalidIdempotencyKey()
+        in_query = query_fit(request)
+        if in_query is not None:
+            if "fit" in self.initial_data and attrs["fit"] != in_query:
+                raise InvalidFit("fit is given twice, with different values.")
+            attrs["fit"] = in_query
         if "dedupe" not in self.initial_data and "dedupe" in request.query_params:  # `?dedupe=false` too
             attrs["dedupe"] = self.fields["dedupe"].run_validation(request.query_params["dedupe"])
         return {**attrs, "idempotency_key": idempotency_key}
@@ -137,29 +160,21 @@ UPLOAD_CREATE_REFUSALS = (
 )
 
 
-def _refuse_oversized_body(request: Request) -> None:
-    """A body declared far larger than any image we take is refused before it is read or parsed."""
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > MAX_FIT_INPUT_BYTES + ENVELOPE_ALLOWANCE:
-        raise ImageTooLarge("The request body is far larger than the 1 MB image limit.")
-
-
 class UploadListCreateApi(ListAPIView):
     serializer_class = UploadSerializer
-    parser_classes = [MultiPartParser, FormParser]
+    # The body is read with a cap that holds while it streams (uploads/body.py).
+    parser_classes = [UploadMultiPartParser, UploadFormParser]
 
     def get_queryset(self):
         status_filter = self.request.query_params.get("status") or None
         if status_filter and status_filter not in Upload.Status.values:
             raise InvalidStatusFilter(f"status must be one of {', '.join(Upload.Status.values)}")
-        return upload_list(
-            tenant=self.request.user.tenant,
-            status=status_filter,
-            authorizer_appid=self.request.query_params.get("authorizer_appid") or None,
-        )
+        # Checked before the database sees it (PostgreSQL refuses NUL); an appid that could exist but
+        # is not yours simply lists nothing.
+        appid = self.request.query_params.get("authorizer_appid") or None
+        if appid is not None and not is_clean_text(appid, max_length=MAX_APPID):
+            raise InvalidAuthorizerFilter()
+        return upload_list(tenant=self.request.user.tenant, status=status_filter, authorizer_appid=appid)
 
     @extend_schema(
         summary="List your uploads, newest first",
@@ -167,7 +182,10 @@ class UploadListCreateApi(ListAPIView):
             OpenApiParameter("status", OpenApiTypes.STR, enum=Upload.Status.values),
             OpenApiParameter("authorizer_appid", OpenApiTypes.STR),
         ],
-        responses={200: UploadSerializer(many=True), **refusal_responses([InvalidStatusFilter])},
+        responses={
+            200: UploadSerializer(many=True),
+            **refusal_responses([InvalidStatusFilter, InvalidAuthorizerFilter, InvalidPage]),
+        },
     )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
@@ -182,6 +200,11 @@ class UploadListCreateApi(ListAPIView):
         parameters=[
             OpenApiParameter("dedupe", OpenApiTypes.BOOL, required=False,
                              description="`false`: never reuse an earlier upload's URL (same as the form field)."),
+            OpenApiParameter(
+                "fit", OpenApiTypes.BOOL, OpenApiParameter.QUERY, required=False,
+                description="The same as the `fit` form field; here the larger limit is known before the body "
+                "is read. Given in both places, the two must agree.",
+            ),
             OpenApiParameter(
                 "Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, required=False,
                 description="Any unique string (max 255). Repeating a request with the same key returns the "
@@ -209,7 +232,8 @@ class UploadListCreateApi(ListAPIView):
         ],
     )
     def post(self, request: Request) -> Response:
-        _refuse_oversized_body(request)
+        query_fit(request)  # an invalid ?fit= is refused before the body is read
+        refuse_declared_length(request)
         incoming = UploadCreateSerializer(data=request.data, context={"request": request})
         incoming.is_valid(raise_exception=True)
         fields = incoming.validated_data

@@ -47,10 +47,10 @@ class InvalidFit(UploadRefused):
 
 
 class InvalidIdempotencyKey(UploadRefused):
-    """`Idempotency-Key` is longer than 255 characters."""
+    """`Idempotency-Key` is longer than 255 characters, or not printable ASCII."""
 
     code = "invalid_idempotency_key"
-    default_detail = "Idempotency-Key is at most 255 characters."
+    default_detail = "Idempotency-Key is at most 255 printable ASCII characters."
 
 
 class UnknownAuthorizer(UploadRefused):
@@ -93,7 +93,7 @@ class InvalidFileType(ImageRejected):
 
 
 class ImageDimensionsTooLarge(ImageRejected):
-    """More than 40 million pixels."""
+    """More than 24 million pixels, or more than the decode memory budget (README "Limits")."""
 
     code = "image_dimensions_too_large"
     default_detail = "The image's dimensions are too large."
@@ -114,6 +114,14 @@ class InvalidStatusFilter(UploadRefused):
     """`status` is not one of the upload statuses."""
 
     code = "invalid_status"
+
+
+class InvalidAuthorizerFilter(UploadRefused):
+    """`authorizer_appid` cannot be an appid: over 64 characters, a control character, or bytes that are
+    not UTF-8."""
+
+    code = "invalid_authorizer_appid"
+    default_detail = "authorizer_appid is not an appid."
 
 
 class UploadNotFound(UploadRefused):

@@ -15,8 +15,11 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent, TooManyFilesSent
 from django.http import Http404
 from rest_framework import exceptions, serializers
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
+
+from openplatform.wechat.errors import without_addresses
 
 
 class ApiError(Exception):
@@ -59,6 +62,33 @@ class MalformedBody(ApiError):
 
     code = "parse_error"
     default_detail = "The request body could not be parsed."
+
+
+class InvalidPage(ApiError):
+    """`page` is not a page number."""
+
+    code = "invalid_page"
+    default_detail = "page must be a whole number from 1 (or 'last')."
+
+
+def is_clean_text(value: str, *, max_length: int) -> bool:
+    """Whether `value` can be a text parameter at all: at most `max_length` characters, no NUL or other
+    control character (PostgreSQL refuses NUL in text), no lone surrogate (it cannot be encoded to UTF-8,
+    for the database or in a JSON answer) and no U+FFFD (what Django makes of bytes that are not UTF-8)."""
+    return len(value) <= max_length and value.isprintable() and "\ufffd" not in value
+
+
+class ApiPagination(PageNumberPagination):
+    """DRF's page-number pagination; a `page` that is not a number is a 400 `invalid_page` (DRF answers
+    404 for it, as for a page past the end, which stays a 404)."""
+
+    def get_page_number(self, request, paginator):
+        number = request.query_params.get(self.page_query_param) or 1
+        if isinstance(number, str) and number not in self.last_page_strings and not (
+            number.isascii() and number.isdigit() and 0 < len(number) <= 9 and int(number) > 0
+        ):
+            raise InvalidPage()
+        return number
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -126,7 +156,8 @@ def api_exception_handler(exc, context) -> Response | None:
     exc = _translate(exc)
     if isinstance(exc, ApiError):
         set_rollback()
-        return Response({"code": exc.code, "detail": exc.detail}, status=exc.status)
+        # A refusal may quote WeChat (503 wechat_unavailable), whose errmsg can name our servers' addresses.
+        return Response({"code": exc.code, "detail": without_addresses(exc.detail)}, status=exc.status)
     response = exception_handler(exc, context)
     if response is None:
         return None

@@ -5,6 +5,9 @@ Callers catch classes; nobody compares errcodes outside this module.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 
 class WeChatError(Exception):
     """Any error answered by (or on the way to) the WeChat API."""
@@ -232,3 +235,34 @@ ERRCODE_MEANINGS: dict[int, str] = {
     89506: "account admin rejected this IP (retry after 24 h)",
     89507: "account admin rejected this IP (retry after 1 h)",
 }
+
+
+# -- what a tenant may read of an errmsg --------------------------------------------------------------------
+
+#: Candidate IPv6 text: hex digits, colons and dots (an embedded IPv4) with two colons at least, not part of
+#: a longer word. Each candidate is kept only if it parses as an address, so "10:30:00" stays.
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*:)[0-9A-Fa-f:.]+(?:%\w+)?(?![\w:])")
+_IPV4 = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w.])")
+ADDRESS_PLACEHOLDER = "[address]"
+
+
+def _ipv6_or_keep(match: re.Match) -> str:
+    text = match.group(0)
+    try:
+        ipaddress.IPv6Address(text.split("%", 1)[0].rstrip("."))
+    except ValueError:
+        return text
+    return ADDRESS_PLACEHOLDER + ("." if text.endswith(".") else "")
+
+
+def without_addresses(errmsg: str) -> str:
+    """`errmsg` with every IPv4 and IPv6 address replaced by "[address]".
+
+    WeChat names the caller's address in some errmsgs (40164 "invalid ip 1.2.3.4 ipv6 ::ffff:1.2.3.4,
+    not in whitelist", 61004 "... requestIP: 1.2.3.4"; docs/wechat-protocol.md §11): our servers'
+    addresses, which are not the tenants' to read. Operators read the full text (the attempt records,
+    the admin); tenants read this (the API, webhooks).
+    """
+    if not errmsg:
+        return errmsg
+    return _IPV4.sub(ADDRESS_PLACEHOLDER, _IPV6_CANDIDATE.sub(_ipv6_or_keep, errmsg))

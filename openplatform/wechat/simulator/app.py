@@ -22,7 +22,7 @@ from .faults import Fault
 from .media_api import UPLOADIMG_PATH
 from .multipart import parse_media
 from .pages import PAGE_PATHS, handle_page
-from .state import ApiError, Call, SimulatorState
+from .state import ERRMSGS, ApiError, Call, SimulatorState
 
 Handler = Callable[[SimulatorState, Call], dict[str, Any]]
 
@@ -58,9 +58,12 @@ def _parse_json(request: Request) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _fault_response(fault: Fault) -> tuple[Response, int | None]:
+def _fault_response(fault: Fault, request: Request) -> tuple[Response, int | None]:
     if fault.kind == "errcode":
-        return _json_response(ApiError(fault.errcode).as_json()), fault.errcode
+        errmsg = ERRMSGS.get(fault.errcode) if fault.errmsg is None else fault.errmsg
+        if errmsg is not None:  # WeChat names the caller's address in some (40164, 61004)
+            errmsg = errmsg.replace("{ip}", request.remote_addr or "127.0.0.1")
+        return _json_response(ApiError(fault.errcode, errmsg).as_json()), fault.errcode
     if fault.kind == "http_status":
         body = f"<html><body><h1>{fault.status}</h1>simulated failure</body></html>"
         return Response(body, status=fault.status, content_type="text/html"), None
@@ -128,7 +131,7 @@ class SimulatorApp:
         body = {} if media is not None else _parse_json(request)
         call = Call(path=path, query=request.args.to_dict(), body=body or {}, media=media)
         if fault is not None:
-            response, errcode = _fault_response(fault)
+            response, errcode = _fault_response(fault, request)
             with state.lock:
                 self._record(call, errcode=errcode, http_status=response.status_code, result=None)
             return response

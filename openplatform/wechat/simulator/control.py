@@ -206,8 +206,9 @@ class SimulatorControl:
         return self._post("tokens/invalidate", {"appid": appid, "errcode": errcode})["invalidated"]
 
     def inject_fault(self, path: str, kind: str, count: int = 1, **params: Any) -> dict[str, Any]:
-        """The next ``count`` calls to ``path`` ("*": any) fail: kind "errcode" (errcode=, default -1),
-        "http_status" (status=, default 500), "delay" (seconds=, then a normal answer), "not_json"."""
+        """The next ``count`` calls to ``path`` ("*": any) fail: kind "errcode" (errcode=, default -1;
+        errmsg= for WeChat's text, "{ip}" in it is the caller's address), "http_status" (status=, default
+        500), "delay" (seconds=, then a normal answer), "not_json"."""
         return self._post("faults", {"path": path, "kind": kind, "count": count, **params})
 
     def set_failure_rate(self, path: str, rate: float, kinds: list[Any], seed: int = 0) -> dict[str, Any]:

@@ -269,7 +269,7 @@ class ControlApi:
                     path, body["rate"], body.get("kinds") or [], int(body.get("seed", 0))
                 )
             else:
-                spec = {k: body[k] for k in ("kind", "errcode", "status", "seconds") if k in body}
+                spec = {k: body[k] for k in ("kind", "errcode", "status", "seconds", "errmsg") if k in body}
                 self.state.faults.add(path, Fault.parse(spec), body.get("count", 1))
             return self.state.faults.dump()
 

@@ -25,10 +25,14 @@ class Fault:
     errcode: int = -1  # kind "errcode": -1 is WeChat's "system busy"
     status: int = 500  # kind "http_status"
     seconds: float = 1.0  # kind "delay": sleep, then answer normally
+    #: kind "errcode": the errmsg text (without it, WeChat's usual text for the errcode); "{ip}" in it
+    #: becomes the caller's address, as WeChat names it in 40164 and 61004 (docs/wechat-protocol.md §11)
+    errmsg: str | None = None
 
     @classmethod
     def parse(cls, spec: Any) -> Fault:
-        """``"errcode"`` or ``{"kind": "errcode", "errcode": 45009}``."""
+        """``"errcode"``, ``{"kind": "errcode", "errcode": 45009}`` or, with its own text,
+        ``{"kind": "errcode", "errcode": 40164, "errmsg": "invalid ip {ip}, not in whitelist"}``."""
         if isinstance(spec, str):
             spec = {"kind": spec}
         if not isinstance(spec, dict):
@@ -41,9 +45,12 @@ class Fault:
             errcode=spec.get("errcode", -1),
             status=spec.get("status", 500),
             seconds=spec.get("seconds", 1.0),
+            errmsg=spec.get("errmsg"),
         )
         if not isinstance(fault.errcode, int) or not isinstance(fault.status, int):
             raise FaultError("errcode and status must be integers")
+        if fault.errmsg is not None and not isinstance(fault.errmsg, str):
+            raise FaultError("errmsg must be a string")
         if not 100 <= fault.status <= 599:
             raise FaultError("status must be an HTTP status code")
         if not isinstance(fault.seconds, int | float) or fault.seconds < 0:

@@ -29,6 +29,8 @@ ERRMSGS: dict[int, str] = {
     40003: "invalid openid",
     40013: "invalid appid",
     40125: "invalid appsecret",
+    # {ip}: the caller's address, filled in by the app (WeChat names it; docs/wechat-protocol.md §11)
+    40164: "invalid ip {ip} ipv6 ::ffff:{ip}, not in whitelist",
     41001: "access_token missing",
     41002: "appid missing",
     41004: "appsecret missing",
@@ -40,6 +42,7 @@ ERRMSGS: dict[int, str] = {
     48001: "api unauthorized",
     48006: "forbid to clear quota because of reaching the limit",
     61003: "component is not authorized by this account",
+    61004: "access clientip is not registered requestIP: {ip}",
     61005: "component ticket is expired",
     61006: "component ticket is invalid",
     61007: "api is unauthorized to component",
