@@ -21,7 +21,8 @@ UPLOADIMG = "/cgi-bin/media/uploadimg"
 
 
 def post(client, data: bytes, appid: str, *, path: str = "/api/v1/uploads/", headers=None, **fields):
-    response = client.post(path, {"media": media_file(data), "authorizer_appid": appid, **fields},
+    # Form fields before the file: a `fit` after `media` could no longer raise the body's limit.
+    response = client.post(path, {"authorizer_appid": appid, **fields, "media": media_file(data)},
                            format="multipart", headers=headers or {})
     assert response.status_code == 202, response.content
     return response.json()
