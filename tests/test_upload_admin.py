@@ -67,9 +67,11 @@ def _take_queued_messages() -> list[tuple[str, list]]:
     it; no worker consumes it here): (task name, args), in order."""
     from openplatform.celery import app
 
+    # The queue the router gives the upload task (the I/O pool's, settings.CELERY_TASK_ROUTES).
+    queue = app.amqp.router.route({}, "uploads.upload_image")["queue"].name
     taken = []
     with app.connection_for_read() as conn:
-        while (message := conn.default_channel.basic_get(app.conf.task_default_queue, no_ack=True)) is not None:
+        while (message := conn.default_channel.basic_get(queue, no_ack=True)) is not None:
             taken.append((message.headers["task"], list(message.decode()[0])))
     return taken
 
@@ -81,6 +83,7 @@ def test_retry_action_sends_a_failed_upload_again_as_a_new_attempt_on_the_same_r
     from openplatform.celery import app
 
     app.control.purge()  # messages earlier tests left on the test broker
+    _take_queued_messages()
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = admin_client.post(
             CHANGELIST, {"action": "retry_failed", "_selected_action": [str(failed_upload.pk)]}, follow=True
