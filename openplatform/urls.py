@@ -19,6 +19,7 @@ urlpatterns = [
     path("wechat/component/authorized/", views_wechat.authorized_redirect, name="wechat-component-authorized"),
     path("wechat/authorizers/<str:appid>/events/", views_wechat.authorizer_events, name="wechat-authorizer-events"),
     path("healthz", health.healthz, name="healthz"),
+    path("favicon.ico", health.favicon, name="favicon"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),

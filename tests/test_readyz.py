@@ -49,3 +49,8 @@ def test_an_unreachable_broker_is_503_for_everyone_with_the_reason_for_the_opera
     assert anonymous.json() == {"status": "unavailable"}
     assert operator.json()["checks"]["broker"]["ok"] is False
     assert operator.json()["checks"]["database"]["ok"] is True
+
+
+def test_the_favicon_is_an_empty_cacheable_answer_not_a_404(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 204 and "max-age=86400" in response["Cache-Control"]
