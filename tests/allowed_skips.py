@@ -11,7 +11,7 @@ ALLOWED_SKIPS: dict[str, str] = {
         "needs the docker client with its compose plugin, which the CI machine does not have; "
         "compose.yaml is still checked by test_compose_services"
     ),
-    "tests/test_deploy.py::test_env_example_names_every_variable_of_the_contract": (
+    "tests/test_deploy.py::test_env_example_names_every_variable_of_the_team_contract": (
         "reads the team's contract from shared/ beside the repository, which is not part of it and so "
         "is absent from a plain checkout"
     ),

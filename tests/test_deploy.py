@@ -310,6 +310,16 @@ def test_env_example_names_every_variable_of_the_contract():
     assert wanted - _env_example_names() == set()
 
 
+def test_env_example_names_every_variable_of_the_team_contract():
+    """The team's own contract (shared/CONTRACT.md beside the repository, as CI lays it out) too."""
+    team = REPO.parent / "shared" / "CONTRACT.md"
+    if not team.is_file():
+        pytest.skip(f"{team} not found (shared/ is laid beside the repository in CI, not in every checkout)")
+    wanted = _table_variables(team.read_text(), "## Configuration")
+    assert len(wanted) >= 12  # the table was found and parsed
+    assert wanted - _env_example_names() == set()
+
+
 def test_env_example_names_every_variable_of_the_readme_and_the_settings():
     readme = _table_variables((REPO / "README.md").read_text(), "## Configuration")
     settings_source = (REPO / "openplatform" / "settings.py").read_text()
