@@ -356,6 +356,12 @@ UPLOAD_BYTES_RETENTION_DAYS = env.int("UPLOAD_BYTES_RETENTION_DAYS", default=7)
 #: The beat jobs refreshing the component and authorizer tokens run this often; each refreshes the tokens
 #: with less than twice this left (openplatform/core/tokens.py derives its margins from it).
 TOKEN_REFRESH_EVERY_SECONDS = env.int("TOKEN_REFRESH_EVERY_SECONDS", default=240)
+#: A caller that finds another worker refreshing a token polls for the new one at most this long, then
+#: uses the stored token if it is still good, or fails with a retryable error (an upload is requeued).
+TOKEN_REFRESH_WAIT_SECONDS = env.float("TOKEN_REFRESH_WAIT_SECONDS", default=5.0)
+#: A refresh lease lasts this long: longer than the WeChat calls of one refresh take (each call is bounded
+#: by WECHAT_HTTP_TIMEOUT and its retries). A worker that dies mid-refresh holds it up for at most this.
+TOKEN_REFRESH_LEASE_SECONDS = env.float("TOKEN_REFRESH_LEASE_SECONDS", default=60.0)
 #: Other jobs' intervals in seconds, by task name, over their defaults: "uploads.sweep_stuck_uploads=30,...".
 SCHEDULE_EVERY_SECONDS = {task: int(every) for task, every in env.dict("SCHEDULE_EVERY_SECONDS", default={}).items()}
 
