@@ -272,7 +272,7 @@ def _refresh(
                 return _give_up(source, row, usable, waited=False)
         # Nobody is refreshing, or a lease ran out on its owner (killed or hung): take it.
         try:
-            step, row, owner = _claim(source, due)
+            step, row, owner = _claim(source, due, lock_wait=deadline - time.monotonic())
         except OperationalError as exc:
             if not _lock_wait_ended(exc):
                 raise
@@ -296,10 +296,10 @@ def _lease_live(row: Any) -> bool:
     )
 
 
-def _claim(source: TokenSource, due: Callable[[Any], bool]) -> tuple[str, Any, str]:
+def _claim(source: TokenSource, due: Callable[[Any], bool], *, lock_wait: float) -> tuple[str, Any, str]:
     """Under the row lock, in a short transaction: ("serve", row, ""), ("busy", row, "") or ("ours", row, owner)."""
     owner = _new_owner()
-    with _short_transaction():
+    with _short_transaction(lock_wait=lock_wait):
         row = source.lock()
         if not due(row):
             return "serve", row, ""
@@ -340,7 +340,8 @@ def _hold(
         raise
     final: Exception | None = None
     try:
-        with _short_transaction():
+        # With a new token in hand, worth waiting the whole bound for the row.
+        with _short_transaction(lock_wait=wait_seconds()):
             current = source.lock()
             if current.refresh_lease_owner != owner or source.generation(current) != generation:
                 lost = current
@@ -410,8 +411,8 @@ def _release_quietly(row: Any, owner: str) -> None:
 
 
 @contextlib.contextmanager
-def _short_transaction() -> Iterator[None]:
-    """A transaction that waits for the row lock at most the wait time (PostgreSQL's lock_timeout).
+def _short_transaction(*, lock_wait: float) -> Iterator[None]:
+    """A transaction that waits for a row lock at most `lock_wait` seconds (PostgreSQL's lock_timeout).
 
     Inside a caller's transaction it is a savepoint and the caller's settings stand (SET LOCAL would
     outlive it). SQLite: an IMMEDIATE transaction, which waits for the write lock up to its busy timeout.
@@ -420,7 +421,8 @@ def _short_transaction() -> Iterator[None]:
     with transaction.atomic():
         if bounded:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, int(wait_seconds() * 1000))}ms"])
+                # At least 50 ms: lock_timeout 0 would mean "wait forever".
+                cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(50, int(lock_wait * 1000))}ms"])
         yield
 
 
