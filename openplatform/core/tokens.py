@@ -380,7 +380,9 @@ def _hold(
     if not isinstance(error, TokenRefreshPending):  # a refresh this one needed (the component token's) is running
         source.record_failure(error)
     if stale_after_own_failure and usable(current):
-        return source.serve(current)  # WeChat did not replace it: the stored token still works
+        # The stored token still works: even if the failed call did issue a new one (a timeout after WeChat
+        # answered), WeChat keeps the previous token for about 5 minutes (docs/wechat-protocol.md §4).
+        return source.serve(current)
     raise error
 
 
