@@ -474,6 +474,12 @@ TOKEN_REFRESH_EVERY_SECONDS = env.int("TOKEN_REFRESH_EVERY_SECONDS", default=240
 #: random delay of up to AUTHORIZER_REFRESH_SPREAD_SECONDS so the refreshes do not all hit WeChat at once.
 AUTHORIZER_REFRESH_BATCH_SIZE = env.int("AUTHORIZER_REFRESH_BATCH_SIZE", default=100)
 AUTHORIZER_REFRESH_SPREAD_SECONDS = env.float("AUTHORIZER_REFRESH_SPREAD_SECONDS", default=60.0)
+#: A caller that finds another worker refreshing a token polls for the new one at most this long, then
+#: uses the stored token if it is still good, or fails with a retryable error (an upload is requeued).
+TOKEN_REFRESH_WAIT_SECONDS = env.float("TOKEN_REFRESH_WAIT_SECONDS", default=5.0)
+#: A refresh lease lasts this long: longer than the WeChat calls of one refresh take (each call is bounded
+#: by WECHAT_HTTP_TIMEOUT and its retries). A worker that dies mid-refresh holds it up for at most this.
+TOKEN_REFRESH_LEASE_SECONDS = env.float("TOKEN_REFRESH_LEASE_SECONDS", default=60.0)
 #: Other jobs' intervals in seconds, by task name, over their defaults: "uploads.sweep_stuck_uploads=30,...".
 SCHEDULE_EVERY_SECONDS = {task: int(every) for task, every in env.dict("SCHEDULE_EVERY_SECONDS", default={}).items()}
 

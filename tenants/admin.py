@@ -138,7 +138,8 @@ class AuthorizerAdmin(admin.ModelAdmin):
     readonly_fields = (
         "component_appid", "appid", "mode", "account_type", "nick_name", "user_name", "principal_name",
         "permission_sets", "can_upload", "status", "has_refresh_token", "access_token_expires_at",
-        "token_generation", "token_refreshed_at", "refresh_count", "last_error", "last_error_at",
+        "token_generation", "token_refreshed_at", "refresh_count", "refresh_lease_owner", "refresh_lease_until",
+        "last_error", "last_error_at",
         "authorized_at", "revoked_at", "synced_at", "created_at", "updated_at", "func_info", "quota_resets",
     )
     actions = ["refresh_token_now", "replace_leaked_token", "resync_from_wechat", "clear_api_quota", "revoke"]

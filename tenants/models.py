@@ -86,6 +86,10 @@ class Authorizer(EncryptedSecretsMixin, models.Model):
     app_secret_ciphertext = models.TextField(blank=True, default="")
     token_refreshed_at = models.DateTimeField(null=True, blank=True)
     refresh_count = models.PositiveIntegerField(default=0)
+    #: The token refresh lease (openplatform/core/tokens.py): who is asking WeChat for a new token, and
+    #: until when others leave it to them. Empty/None: nobody.
+    refresh_lease_owner = models.CharField(max_length=80, blank=True, default="")
+    refresh_lease_until = models.DateTimeField(null=True, blank=True)
 
     last_error = models.TextField(blank=True, default="")
     last_error_at = models.DateTimeField(null=True, blank=True)

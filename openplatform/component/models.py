@@ -59,6 +59,10 @@ class ComponentAccessToken(EncryptedSecretsMixin, models.Model):
     refresh_count = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     last_error_at = models.DateTimeField(null=True, blank=True)
+    #: The refresh lease (openplatform/core/tokens.py): who is asking WeChat for a new token, and until
+    #: when others leave it to them. Empty/None: nobody.
+    refresh_lease_owner = models.CharField(max_length=80, blank=True, default="")
+    refresh_lease_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"component token for {self.component_appid}"

@@ -1,6 +1,6 @@
 """The component access token (api_component_token), issued against the newest verify ticket.
 
-One `ComponentAccessToken` row per component appid; its row lock makes the refresh single flight
+One `ComponentAccessToken` row per component appid; its refresh lease makes the refresh single flight
 (`openplatform.core.tokens`), so N concurrent callers cause one `api_component_token` call. Calls that
 use the token go through `openplatform.component.api`, which also handles a token WeChat refuses.
 """
@@ -8,7 +8,8 @@ use the token go through `openplatform.component.api`, which also handles a toke
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -79,13 +80,25 @@ def _token_row(appid: str) -> ComponentAccessToken:
         return ComponentAccessToken.objects.get(component_appid=appid)
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    access_token: str
+    expires_in: int
+    asked_at: datetime  # the expiry counts from before the call: never later than WeChat's
+
+
 class _ComponentToken:
     """The `TokenSource` of the component token."""
+
+    kind = "component"
 
     def __init__(self, config: ComponentConfig) -> None:
         self.config = config
 
     def current(self) -> ComponentAccessToken:
+        return _token_row(self.config.appid)
+
+    def reload(self) -> ComponentAccessToken:
         return _token_row(self.config.appid)
 
     def lock(self) -> ComponentAccessToken:
@@ -101,7 +114,7 @@ class _ComponentToken:
     def serve(self, row: ComponentAccessToken) -> TokenLease:
         return TokenLease(row.get_access_token() or "", row.generation)
 
-    def renew(self, row: ComponentAccessToken, *, invalidate_previous: bool) -> None:
+    def fetch(self, row: ComponentAccessToken, *, invalidate_previous: bool) -> _Fetched:
         # Nothing to invalidate with: api_component_token always issues a new token.
         ticket_row = component_ticket_latest(component_appid=self.config.appid)
         if ticket_row is None or not ticket_row.is_valid:
@@ -109,16 +122,19 @@ class _ComponentToken:
                 "no component_verify_ticket received in the last 12 hours: check the events URL "
                 "on the Open Platform page, or call api_start_push_ticket"
             )
+        asked_at = timezone.now()
         token = wechat_client().component_token(
             component_appid=self.config.appid,
             component_appsecret=self.config.appsecret,
             verify_ticket=ticket_row.get_ticket() or "",
         )
-        now = timezone.now()
-        row.set_access_token(token.access_token)
-        row.expires_at = now + timedelta(seconds=token.expires_in)
+        return _Fetched(token.access_token, token.expires_in, asked_at)
+
+    def apply(self, row: ComponentAccessToken, fetched: _Fetched) -> None:
+        row.set_access_token(fetched.access_token)
+        row.expires_at = fetched.asked_at + timedelta(seconds=fetched.expires_in)
         row.generation += 1
-        row.refreshed_at = now
+        row.refreshed_at = timezone.now()
         row.refresh_count += 1
         row.last_error = ""
 
@@ -135,6 +151,9 @@ class _ComponentToken:
 
     def log_refreshed(self, row: ComponentAccessToken) -> None:
         logger.info("component token refreshed", extra={"component_appid": self.config.appid, "generation": row.generation})
+
+    def log_extra(self) -> dict[str, str]:
+        return {"component_appid": self.config.appid}
 
 
 def _describe_component_error(error: WeChatError) -> str:

@@ -1,10 +1,12 @@
 """Authorizer access tokens: refreshed ahead of expiry, single flight, compare-and-expire.
 
-The refresh itself (row lock, re-check, call, save, failure recorded) is `openplatform.core.tokens`;
-this module says what is particular to an authorizer (docs/architecture.md, tokens):
+The refresh itself (lease, call with no lock held, compare-and-store, failure recorded) is
+`openplatform.core.tokens`; this module says what is particular to an authorizer (docs/architecture.md
+§3.4):
 
-- the lock is on the authorizer row (`SELECT ... FOR NO KEY UPDATE`, which does not block inserts of
-  uploads that reference it); only an `authorized` account can have a token (`AuthorizerUnavailable`);
+- the lease is on the authorizer row, taken and stored under short `SELECT ... FOR NO KEY UPDATE` locks
+  (which do not block inserts of uploads that reference it); only an `authorized` account can have a
+  token (`AuthorizerUnavailable`);
 - the token comes from api_authorizer_token with the refresh token, persisting whatever refresh
   token comes back; 61023 is recovered once through api_get_authorizer_info; in direct mode it comes
   from stable_token with the account's own secret;
@@ -16,7 +18,8 @@ this module says what is particular to an authorizer (docs/architecture.md, toke
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -95,8 +98,19 @@ def authorizer_access_token_refresh(
     return authorizer_access_token_refresh_ahead(authorizer=authorizer, margin=margin)
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    access_token: str
+    expires_in: int
+    asked_at: datetime  # the expiry counts from before the call: never later than WeChat's
+    refresh_token: str | None = None  # whatever refresh token WeChat gave (api_authorizer_token, 61023 recovery)
+    func_info: list[int] | None = None  # from api_get_authorizer_info, when the 61023 recovery read it
+
+
 class _AuthorizerToken:
     """The `TokenSource` of one authorizer's token; `authorizer` is the caller's instance."""
+
+    kind = "authorizer"
 
     def __init__(self, authorizer: Authorizer) -> None:
         self.authorizer = authorizer
@@ -106,8 +120,13 @@ class _AuthorizerToken:
             raise _unavailable(self.authorizer)
         return self.authorizer
 
+    def reload(self) -> Authorizer:
+        return self._checked(Authorizer.objects.get(pk=self.authorizer.pk))
+
     def lock(self) -> Authorizer:
-        row = Authorizer.objects.select_for_update(no_key=True).get(pk=self.authorizer.pk)
+        return self._checked(Authorizer.objects.select_for_update(no_key=True).get(pk=self.authorizer.pk))
+
+    def _checked(self, row: Authorizer) -> Authorizer:
         if row.status != Authorizer.Status.AUTHORIZED:
             _copy_token_state(row, self.authorizer)  # the caller's copy shows why
             raise _unavailable(row)
@@ -123,25 +142,29 @@ class _AuthorizerToken:
         _copy_token_state(row, self.authorizer)
         return TokenLease(row.get_access_token() or "", row.token_generation)
 
-    def renew(self, row: Authorizer, *, invalidate_previous: bool) -> None:
+    def fetch(self, row: Authorizer, *, invalidate_previous: bool) -> _Fetched:
+        asked_at = timezone.now()
         if row.mode == Authorizer.Mode.DIRECT:
             token = wechat_client().stable_token(
                 appid=row.appid, secret=row.get_app_secret() or "", force_refresh=invalidate_previous
             )
-            access_token, expires_in, new_refresh = token.access_token, token.expires_in, None
-        else:
-            access_token, expires_in, new_refresh = _refresh_component_authorizer(row)
+            return _Fetched(token.access_token, token.expires_in, asked_at)
+        return _refresh_component_authorizer(row, asked_at)
+
+    def apply(self, row: Authorizer, fetched: _Fetched) -> None:
         now = timezone.now()
-        row.set_access_token(access_token)
-        row.access_token_expires_at = now + timedelta(seconds=expires_in)
+        row.set_access_token(fetched.access_token)
+        row.access_token_expires_at = fetched.asked_at + timedelta(seconds=fetched.expires_in)
         row.token_generation += 1
         row.token_refreshed_at = now
         row.refresh_count += 1
         row.last_error = ""
-        if new_refresh and new_refresh != row.get_refresh_token():
+        if fetched.refresh_token and fetched.refresh_token != row.get_refresh_token():
             # docs/wechat-protocol.md §7: always persist whatever refresh token comes back (the old one
             # has a short grace).
-            row.set_refresh_token(new_refresh)
+            row.set_refresh_token(fetched.refresh_token)
+        if fetched.func_info:
+            row.func_info = sorted(set(fetched.func_info))
 
     def refused(self, row: Authorizer, error: WeChatError) -> Exception | None:
         if not isinstance(error, RefreshTokenInvalid | NotAuthorized):
@@ -166,6 +189,9 @@ class _AuthorizerToken:
     def log_refreshed(self, row: Authorizer) -> None:
         logger.info("authorizer token refreshed", extra={"authorizer_appid": row.appid, "generation": row.token_generation})
 
+    def log_extra(self) -> dict[str, str]:
+        return {"authorizer_appid": self.authorizer.appid}
+
 
 def _unavailable(authorizer: Authorizer) -> AuthorizerUnavailable:
     return AuthorizerUnavailable(f"authorizer {authorizer.appid} is {authorizer.status}")
@@ -179,18 +205,21 @@ def _copy_token_state(source: Authorizer, target: Authorizer) -> None:
         "refresh_token_ciphertext",
         "token_refreshed_at",
         "refresh_count",
+        "refresh_lease_owner",
+        "refresh_lease_until",
         "status",
+        "func_info",
     ):
         setattr(target, field, getattr(source, field))
 
 
-def _refresh_component_authorizer(row: Authorizer) -> tuple[str, int, str | None]:
-    """(access token, expires_in, refresh token) from api_authorizer_token; 61023 recovered once."""
+def _refresh_component_authorizer(row: Authorizer, asked_at: datetime) -> _Fetched:
+    """A new token from api_authorizer_token, with whatever refresh token came back; 61023 recovered once."""
     component = component_api()
 
-    def refresh(refresh_token: str) -> tuple[str, int, str | None]:
+    def refresh(refresh_token: str, func_info: list[int] | None = None) -> _Fetched:
         token = component.authorizer_token(authorizer_appid=row.appid, refresh_token=refresh_token)
-        return token.access_token, token.expires_in, token.refresh_token or refresh_token
+        return _Fetched(token.access_token, token.expires_in, asked_at, token.refresh_token or refresh_token, func_info)
 
     stored = row.get_refresh_token()
     if stored:
@@ -199,11 +228,9 @@ def _refresh_component_authorizer(row: Authorizer) -> tuple[str, int, str | None
         except RefreshTokenInvalid:
             logger.warning("refresh token rejected (61023); recovering it once", extra={"authorizer_appid": row.appid})
     # docs/wechat-protocol.md §7: 61023 -> fetch the current refresh token from api_get_authorizer_info
-    # once, retry once.
+    # once, retry once. (A worker killed after WeChat rotated the refresh token, before it was stored,
+    # leaves a stale one here: this is how the next refresh recovers, docs/architecture.md §3.4.)
     info = component.get_authorizer_info(row.appid)
     if not info.refresh_token or info.refresh_token == stored:
         raise RefreshTokenInvalid(61023, "no newer refresh token available from api_get_authorizer_info")
-    row.set_refresh_token(info.refresh_token)
-    if info.func_info:
-        row.func_info = sorted(set(info.func_info))
-    return refresh(info.refresh_token)
+    return refresh(info.refresh_token, list(info.func_info) if info.func_info else None)

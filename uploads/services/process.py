@@ -28,6 +28,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from openplatform.component.config import wechat_client
+from openplatform.core.tokens import TokenRefreshPending
 from openplatform.wechat.client import RetryPolicy
 from openplatform.wechat.errors import (
     ERRCODE_MEANINGS,
@@ -240,6 +241,10 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
         started, t0 = timezone.now(), time.perf_counter()
         try:
             lease = authorizer_access_token_get(authorizer=authorizer)
+        except TokenRefreshPending as exc:
+            # Another worker is refreshing this token (or just failed to): nothing was tried here, so the
+            # upload comes back later without spending an attempt (docs/architecture.md §3.4).
+            return _wait_for_token(run, exc)
         except ReauthorizationRequired as exc:
             return _finish(run, Upload.Status.FAILED, errcode=61023, errmsg=str(exc))
         except AuthorizerUnavailable as exc:
@@ -295,6 +300,8 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
                     # Revoked while this upload was in flight: WeChat saw it and refused the token.
                     return _finish(run, Upload.Status.FAILED, errcode=exc.errcode,
                                    errmsg=f"{rexc} (while uploading: {exc.describe()})")
+                except TokenRefreshPending as rexc:
+                    return _wait_for_token(run, rexc)
                 except WeChatError as rexc:
                     return _transient(run, rexc, "token refresh failed")
                 continue
@@ -371,6 +378,16 @@ def _transient(run: _Run, exc: WeChatError, what: str) -> Outcome:
         return _finish(run, Upload.Status.FAILED, errcode=exc.errcode,
                        errmsg=f"{errmsg} (gave up after {upload.attempts} attempts)")
     return _requeue(run, retry_delay(upload.attempts, error=exc), errcode=exc.errcode, errmsg=errmsg)
+
+
+def _wait_for_token(run: _Run, exc: TokenRefreshPending) -> Outcome:
+    """Requeue without spending an attempt: the refresh is another run's (which counts its own failures).
+
+    Never a loop without end: the other run's lease runs out (settings.TOKEN_REFRESH_LEASE_SECONDS), and
+    then this upload's next run refreshes the token itself, and a failure of its own counts.
+    """
+    delay = exc.retry_after + random.uniform(0, settings.UPLOAD_RETRY_BASE_SECONDS)  # spread the waiters out
+    return _requeue(run, delay, errcode=None, errmsg=f"waiting for the access token: {exc.describe()}")
 
 
 def _explain(exc: WeChatError, authorizer: Authorizer) -> str:
