@@ -527,8 +527,9 @@ def test_a_worker_killed_after_wechat_issued_new_tokens_loses_nothing(
 
     # when a worker process runs the first upload: it takes the refresh lease and asks WeChat ...
     (child,) = _start_children(component, [("upload", 0, str(killed.pk))], {
-        "TOKEN_REFRESH_LEASE_SECONDS": "3", "TOKEN_REFRESH_WAIT_SECONDS": "20", "UPLOAD_LEASE_SECONDS": "5",
-        "WECHAT_HTTP_MAX_RETRIES": "0",
+        # a short upload lease (settings require more than 2 x WECHAT_HTTP_TIMEOUT + 1 s: the I/O pool's bound)
+        "TOKEN_REFRESH_LEASE_SECONDS": "3", "TOKEN_REFRESH_WAIT_SECONDS": "20", "UPLOAD_LEASE_SECONDS": "6",
+        "WECHAT_HTTP_TIMEOUT": "2", "WECHAT_HTTP_MAX_RETRIES": "0",
     })
     child.stdin.write("go\n")
     child.stdin.flush()
