@@ -199,6 +199,20 @@ def reconcile(drill: Drill, component, *, may_be_cut_off: int = 0) -> Reconcilia
                           on_wechat, uploads)
 
 
+def duplicate_story(rec: Reconciliation, worker) -> str:
+    """For a failed no-duplicates check: each image WeChat stored twice, with its upload's attempts."""
+    lines = []
+    for sha, count in rec.on_wechat.items():
+        if count < 2:
+            continue
+        upload = next(u for u in rec.uploads if u.sha256 == sha)
+        attempts = UploadAttempt.objects.filter(upload=upload).order_by("number")
+        lines.append(f"{upload.pk}: on WeChat {count}x; attempts: " + "; ".join(
+            f"#{a.number} {a.outcome} errcode={a.errcode} {a.errmsg[:120]!r}" for a in attempts))
+    worker_log = "\n".join(line for line in worker.log().splitlines() if "WARNING" in line or "ERROR" in line)
+    return "\n".join(lines) + "\n--- worker warnings ---\n" + worker_log[-6000:]
+
+
 def attempts_by_upload(ids, **filters) -> Counter:
     return Counter(UploadAttempt.objects.filter(upload__in=ids, **filters).values_list("upload_id", flat=True))
 
@@ -316,7 +330,7 @@ def test_drill_database_connections_dropped_mid_task(celery_worker, api_client, 
 
     assert sum(terminated) > 0, "no worker connection was found to terminate"
     assert max(overlapped) > 0, f"no connection was dropped while its run waited for WeChat: {overlapped}"
-    assert rec.duplicates == 0, rec.on_wechat.most_common(3)
+    assert rec.duplicates == 0, duplicate_story(rec, celery_worker)
     report(capsys, drill, rec, drain, connections_terminated=sum(terminated),
            dropped_mid_call=sum(n > 0 for n in overlapped))
 

@@ -655,3 +655,31 @@ def test_task_with_a_token_refresh_still_runs_a_bounded_number_of_queries(
 
     record_property("task_queries_with_token_refresh", count)
     assert Authorizer.objects.get(pk=authorizer.pk).token_generation == authorizer.token_generation + 1
+
+
+@pytest.mark.django_db(transaction=True)  # the run's own transactions, as in a worker
+def test_a_result_lost_to_several_dropped_connections_in_a_row_is_still_saved_and_the_image_sent_once(
+    authorizer, component, make_upload
+):
+    """The connection drops while the run saves WeChat's answer, and again on the first fresh connection
+    (a failover that takes a moment): the result is written on a later one, within the run, so the
+    lease never runs out on an image WeChat already has."""
+    from django.db import OperationalError
+
+    upload = make_upload(authorizer)
+    drops = []
+
+    def drop_the_result_write_twice(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith('UPDATE "UPLOADS_UPLOAD"') and '"URL"' in sql.upper() and len(drops) < 2:
+            drops.append(sql)
+            raise OperationalError("server closed the connection unexpectedly")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(drop_the_result_write_twice):
+        outcome = upload_process(upload_id=upload.pk)
+
+    assert len(drops) == 2
+    upload.refresh_from_db()
+    assert outcome.status == upload.status == Upload.Status.SUCCEEDED and upload.url
+    assert list(UploadAttempt.objects.filter(upload=upload).values_list("outcome", flat=True)) == ["succeeded"]
+    assert sim_count(component, "/cgi-bin/media/uploadimg") == 1

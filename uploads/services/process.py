@@ -51,6 +51,11 @@ from uploads.services.events import upload_event_record, uploads_events_record
 logger = logging.getLogger(__name__)
 
 NO_RETRY = RetryPolicy(max_retries=0)
+#: A result is written up to this many times, each on a fresh connection, with a short pause between:
+#: one lost to a dropped connection (failover, restart, a killed backend, possibly twice in a row) would
+#: let the lease run out and the run that takes over send the image to WeChat again.
+RESULT_WRITE_TRIES = 4
+RESULT_WRITE_PAUSE_SECONDS = 0.1
 #: Why an upload of an account that now belongs to another tenant is never sent (docs/architecture.md §3.5).
 MOVED_REASON = "the WeChat account has moved to another merchant; nothing was sent to WeChat"
 WORKER_NAME = socket.gethostname()
@@ -119,7 +124,7 @@ def _save_if_still_ours(run: _Run, fields: dict) -> bool:
     """Write the run's result only while it still holds its lease (compare-and-set on lease_until).
 
     If the database connection drops (failover, server restart, a killed backend) the write is made
-    once more on a fresh connection: WeChat has usually answered by now, and a result lost here would
+    again on a fresh connection (RESULT_WRITE_TRIES in all): WeChat has usually answered by now, and a result lost here would
     let the lease run out and the run that takes over send the image to WeChat a second time. The
     compare-and-set makes the second write safe even when the first one did commit.
     """
@@ -128,15 +133,17 @@ def _save_if_still_ours(run: _Run, fields: dict) -> bool:
         setattr(upload, name, value)
     upload.updated_at = timezone.now()
     values = {name: getattr(upload, name) for name in [*fields, *_ALWAYS_SAVED]}
-    try:
-        written = _write_if_still_ours(run, values)
-    except (OperationalError, InterfaceError):
-        if connection.in_atomic_block:
-            raise  # inside a caller's transaction, which went with the connection: not ours to redo
-        logger.warning("database connection lost while saving an upload's result; saving it again",
-                       extra={"upload_id": str(upload.pk)})
-        connection.close()
-        written = _write_if_still_ours(run, values)
+    for tries_left in range(RESULT_WRITE_TRIES - 1, -1, -1):
+        try:
+            written = _write_if_still_ours(run, values)
+            break
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or not tries_left:
+                raise  # inside a caller's transaction, which went with the connection: not ours to redo
+            logger.warning("database connection lost while saving an upload's result; saving it again",
+                           extra={"upload_id": str(upload.pk)})
+            connection.close()
+            time.sleep(RESULT_WRITE_PAUSE_SECONDS * (RESULT_WRITE_TRIES - tries_left))
     if not written:
         logger.warning("upload lease lost before its result was saved", extra={"upload_id": str(upload.pk)})
     return bool(written)
