@@ -69,6 +69,7 @@ def configure_environ(*, simulator_url: str) -> dict[str, str]:
         # Several web processes share the throttle counters, as in production.
         "CACHE_URL": REDIS_URL,
         "API_THROTTLE_RATE": "100000000/min",
+        "API_KEY_THROTTLE_RATE": "100000000/min",
         "WECHAT_API_BASE": simulator_url,
         "WECHAT_MP_BASE": simulator_url,
         "WECHAT_OPEN_BASE": simulator_url,
