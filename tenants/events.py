@@ -75,13 +75,13 @@ def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
         return
     code = event.get_auth_code()
     error = ""
-    newer = _newer_event_applied(event=event) if code else None
+    account = _event_account(event) if code else None
     try:
-        if newer is not None:  # closed below, its code wiped, never exchanged
-            error = _superseded_message(event, newer)
+        if _superseded(event, account):  # closed below, its code wiped, never exchanged
+            error = _superseded_message(event, account)
             logger.warning("authorization event older than one already applied: not applied",
                            extra={"event_id": event.pk, "authorizer_appid": event.authorizer_appid})
-        elif code and _binding_revoked(event):
+        elif _binding_revoked(account):
             error = (
                 "not exchanged: the account's binding to its merchant is revoked, and an authorization event "
                 "alone never revives it; the redirect of the link the merchant used decides"
@@ -109,23 +109,20 @@ def component_event_process(*, event_id: int, may_retry: bool = False) -> None:
         event.save()
 
 
-def _binding_revoked(event: ComponentEvent) -> bool:
-    return Authorizer.objects.filter(
-        component_appid=event.component_appid, appid=event.authorizer_appid,
-        status=Authorizer.Status.REVOKED, tenant__isnull=False,
-    ).exists()
+def _event_account(event: ComponentEvent) -> Authorizer | None:
+    """The account the event is about, if we have it (one query for both checks below)."""
+    return Authorizer.objects.filter(component_appid=event.component_appid, appid=event.authorizer_appid).first()
+
+
+def _binding_revoked(authorizer: Authorizer | None) -> bool:
+    """An account bound to a merchant, then revoked: an event alone never revives it."""
+    return authorizer is not None and authorizer.tenant_id is not None and authorizer.status == Authorizer.Status.REVOKED
 
 
 def _superseded(event: ComponentEvent, authorizer: Authorizer | None) -> bool:
     """Whether an authorization event newer than `event` was already applied to its account."""
     last = authorizer.last_event_created_at if authorizer is not None else None
     return last is not None and event.pushed_at is not None and event.pushed_at < last
-
-
-def _newer_event_applied(*, event: ComponentEvent) -> Authorizer | None:
-    """The event's account if an authorization event newer than this one was applied to it, else None."""
-    authorizer = Authorizer.objects.filter(component_appid=event.component_appid, appid=event.authorizer_appid).first()
-    return authorizer if _superseded(event, authorizer) else None
 
 
 def _superseded_message(event: ComponentEvent, authorizer: Authorizer) -> str:

@@ -33,7 +33,9 @@ SWEEP_BATCH = 1000
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=None,
-    # Inside the lease (60 s): a run is over before another may take the delivery over.
+    # Inside the lease (60 s): a run is over before another may take the delivery over. Enforced on a
+    # prefork pool; on the I/O pool deliveries run on (settings.CELERY_TASK_ROUTES) no limit applies and
+    # the delivery's own timeout (WEBHOOK_TIMEOUT_SECONDS, 10 s) keeps a run well inside the lease.
     soft_time_limit=LEASE.total_seconds() * 0.7,
     time_limit=LEASE.total_seconds() * 0.8,
 )

@@ -531,10 +531,3 @@ def authorizer_revoke(*, authorizer: Authorizer, reason: str = "unauthorized") -
         )
     logger.info("authorizer revoked", extra={"authorizer_appid": row.appid})
     return row
-
-
-def authorizer_revoke_by_appid(*, component_appid: str, appid: str, reason: str = "unauthorized") -> Authorizer | None:
-    authorizer = Authorizer.objects.filter(component_appid=component_appid, appid=appid).first()
-    if authorizer is None:
-        return None
-    return authorizer_revoke(authorizer=authorizer, reason=reason)
