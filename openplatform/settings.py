@@ -426,6 +426,9 @@ if not _cache_url and not DEBUG:
         "memory of the events URLs must be shared by every web process; locmemcache:// only for one process"
     )
 CACHES = {"default": env.cache_url_config(_cache_url or "locmemcache://")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same backend, with one redis client object per pool instead of one per operation.
+    CACHES["default"]["BACKEND"] = "openplatform.core.cache.RedisCache"
 
 # --- Uploads ---
 #: A worker owns an `uploading` upload this long; must outlive every timeout inside one task run.

@@ -616,7 +616,9 @@ def test_accept_path_runs_a_fixed_number_of_queries(
         make_authorizer(tenant)
     bulk_uploads(authorizer, 200)
     bulk_uploads(make_authorizer(other), 200)
-    with django_assert_max_num_queries(8):
+    # The API key; the authorizer with a reusable earlier upload; the upload and its bytes in one INSERT
+    # (in this test's transaction inside a savepoint: SAVEPOINT and RELEASE are the other two).
+    with django_assert_max_num_queries(5):
         large = _count_queries(accept)
     large_keyed = _count_queries(lambda: accept("k2"))
 
@@ -635,7 +637,9 @@ def test_task_runs_a_fixed_number_of_queries(
 
     bulk_uploads(authorizer, 200, status="queued")
     large = make_upload(authorizer, image_bytes("JPEG"))
-    with django_assert_max_num_queries(9):
+    # On PostgreSQL: the claim that reads everything, and the result's one statement (in this test's
+    # transaction, inside a savepoint: SAVEPOINT and RELEASE are the other two).
+    with django_assert_max_num_queries(4):
         large_count = _count_queries(lambda: upload_process(upload_id=large.pk))
 
     record_property("task_queries", large_count)
@@ -670,7 +674,8 @@ def test_a_result_lost_to_several_dropped_connections_in_a_row_is_still_saved_an
     drops = []
 
     def drop_the_result_write_twice(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith('UPDATE "UPLOADS_UPLOAD"') and '"URL"' in sql.upper() and len(drops) < 2:
+        # the statement that writes the result (SET "url" = ...): one statement on PostgreSQL, the UPDATE elsewhere
+        if 'UPDATE "UPLOADS_UPLOAD"' in sql.upper() and '"URL" =' in sql.upper() and len(drops) < 2:
             drops.append(sql)
             raise OperationalError("server closed the connection unexpectedly")
         return execute(sql, params, many, context)

@@ -16,6 +16,8 @@ import time
 from django.core.cache import cache
 from rest_framework.throttling import BaseThrottle
 
+from openplatform.core.cache import RedisCacheClient
+
 
 def client_address(request) -> str:
     """The client's address (a Django HttpRequest or a DRF Request)."""
@@ -26,12 +28,23 @@ def window_hits(key: str, *, window: int, add: int = 1) -> tuple[int, float]:
     """Count `add` hits on `key` in the current fixed window of `window` seconds, atomically.
 
     Returns (hits in this window so far, seconds until the window ends). `add=0` only reads. The
-    increment is the cache's own INCR (atomic in Redis and in the locmem cache), so concurrent
-    requests from several processes never lose a count, unlike a read-modify-write of a list.
+    increment is atomic (Redis INCRBY, or the locmem cache's incr), so concurrent requests from several
+    processes never lose a count, unlike a read-modify-write of a list. On Redis it is one round trip:
+    INCRBY and EXPIRE NX in one MULTI (docs/architecture.md §7, "Cost").
     """
     now = time.time()
     bucket = f"{key}:{int(now // window)}"
     left = window - (now % window)
+    redis_client = _redis_client()
+    if redis_client is not None:
+        name = cache.make_and_validate_key(bucket)
+        if not add:
+            return int(redis_client.get(name) or 0), left
+        pipe = redis_client.pipeline(transaction=True)
+        pipe.incrby(name, add)
+        pipe.expire(name, window + 1, nx=True)
+        hits, _ = pipe.execute()
+        return int(hits), left
     if not add:
         return int(cache.get(bucket) or 0), left
     for _ in range(2):
@@ -41,3 +54,11 @@ def window_hits(key: str, *, window: int, add: int = 1) -> tuple[int, float]:
         except ValueError:  # expired between add() and incr(): start it again
             continue
     return add, left
+
+
+def _redis_client():
+    """The default cache's redis client when it is the Redis backend (openplatform/core/cache.py), else None."""
+    backend = getattr(cache, "_cache", None)
+    if not isinstance(backend, RedisCacheClient):
+        return None
+    return backend.get_client(write=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -141,12 +142,20 @@ class WeChatClient:
         self.api_base = api_base.rstrip("/")
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        self.session = session or self._pooled_session()
+        self.session = session or self._pooled_session(self.api_base)
         self._sleep = sleep
 
     @staticmethod
-    def _pooled_session() -> requests.Session:
+    def _pooled_session(api_base: str) -> requests.Session:
         session = requests.Session()
+        # The environment's proxy (HTTPS_PROXY, NO_PROXY) and CA bundle (REQUESTS_CA_BUNDLE) are read once,
+        # here: with trust_env on, requests reads and parses os.environ again on every call, which cost
+        # about 2 ms of CPU per upload (docs/architecture.md §7, "Cost").
+        session.trust_env = False
+        session.proxies.update(requests.utils.get_environ_proxies(api_base))
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            session.verify = ca_bundle
         # Many Celery threads/greenlets share one client; retries are ours, not urllib3's.
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
         session.mount("https://", adapter)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from openplatform.core.queueing import enqueue_on_commit
@@ -14,7 +14,14 @@ from tenants.selectors import authorizer_get
 from uploads.errors import IdempotencyConflict, UnknownAuthorizer
 from uploads.images import check_image
 from uploads.models import Upload, UploadBlob
-from uploads.services.dedupe import upload_reusable_find, upload_reuse_apply, upload_reuse_record
+from uploads.services import pg
+from uploads.services.dedupe import (
+    Reusable,
+    dedupe_since,
+    upload_reusable_find,
+    upload_reuse_apply,
+    upload_reuse_record,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,33 @@ def _replay(*, tenant: Tenant, idempotency_key: str, fingerprint: str) -> Accept
     return Accepted(existing, replayed=True)
 
 
+def _authorizer_and_original(*, tenant: Tenant, appid: str, sha256: str,
+                             dedupe: bool) -> tuple[Authorizer | None, Reusable | None]:
+    """The tenant's authorizer with `appid`, and (with `dedupe`) an earlier upload of these bytes to reuse."""
+    if pg.available():  # one query (uploads/services/pg.py)
+        authorizer, found = pg.authorizer_and_reusable(tenant_id=tenant.pk, appid=appid, sha256=sha256,
+                                                       since=dedupe_since() if dedupe else None)
+        if authorizer is None or found is None or not authorizer.can_upload_images:
+            return authorizer, None
+        return authorizer, Reusable(upload_id=found.root_id or found.upload_id, url=found.url)
+    authorizer = authorizer_get(tenant=tenant, appid=appid)
+    if authorizer is None or not dedupe:
+        return authorizer, None
+    return authorizer, upload_reusable_find(authorizer=authorizer, tenant_id=tenant.pk, sha256=sha256)
+
+
+def _insert_with_bytes(upload: Upload, data: bytes) -> None:
+    """The record and its bytes in one statement; the task is sent once they are committed."""
+    from uploads.tasks import upload_image
+
+    if connection.in_atomic_block:  # a savepoint, so an IntegrityError leaves the caller's transaction usable
+        with transaction.atomic():
+            pg.upload_insert_with_bytes(upload, data)
+    else:
+        pg.upload_insert_with_bytes(upload, data)
+    enqueue_on_commit(upload_image, str(upload.pk))
+
+
 def upload_create(
     *,
     tenant: Tenant,
@@ -67,11 +101,13 @@ def upload_create(
         replay = _replay(tenant=tenant, idempotency_key=idempotency_key, fingerprint=fingerprint)
         if replay is not None:
             return replay
-    authorizer: Authorizer | None = authorizer_get(tenant=tenant, appid=authorizer_appid) if authorizer_appid else None
+    if not authorizer_appid:
+        raise UnknownAuthorizer()
+    image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
+    authorizer, original = _authorizer_and_original(tenant=tenant, appid=authorizer_appid, sha256=image.sha256,
+                                                    dedupe=dedupe)
     if authorizer is None:
         raise UnknownAuthorizer()  # the same answer whether the appid is another tenant's or nobody's
-    image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
-    original = upload_reusable_find(authorizer=authorizer, tenant_id=tenant.pk, sha256=image.sha256) if dedupe else None
     upload = Upload(
         tenant=tenant,
         authorizer=authorizer,
@@ -93,6 +129,9 @@ def upload_create(
     if original is not None:
         upload_reuse_apply(upload=upload, original=original, authorizer=authorizer)
     try:
+        if original is None and pg.available():
+            _insert_with_bytes(upload, image.data)
+            return Accepted(upload)
         with transaction.atomic():
             upload.save(force_insert=True)
             if original is not None:  # final already: no bytes kept, no task

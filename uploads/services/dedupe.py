@@ -18,7 +18,7 @@ not succeed where a fresh upload would be rejected. `dedupe=false` on the reques
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import CharField, OuterRef, QuerySet, Subquery, UUIDField, Value
@@ -39,6 +39,12 @@ class Reusable:
 
 def dedupe_days() -> int:
     return settings.UPLOAD_DEDUPE_DAYS
+
+
+def dedupe_since() -> datetime | None:
+    """Uploads finished since then may be reused; None when deduplication is off (UPLOAD_DEDUPE_DAYS=0)."""
+    days = dedupe_days()
+    return timezone.now() - timedelta(days=days) if days > 0 else None
 
 
 def upload_reusable_find(*, authorizer: Authorizer, tenant_id: int, sha256: str) -> Reusable | None:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from uploads.models import Upload
+from uploads.representation import upload_json
 from webhooks.services import webhook_events_record
 
 EVENT_TYPES = {
@@ -22,12 +23,10 @@ def upload_event_record(*, upload: Upload) -> None:
 
 def uploads_events_record(*, uploads: Iterable[Upload]) -> None:
     """One event per final upload (their authorizer loaded), grouped per tenant."""
-    from uploads.api import UploadSerializer  # the API's representation; the API imports services
-
     by_tenant: dict[int, list[tuple[str, dict]]] = defaultdict(list)
     for upload in uploads:
         event_type = EVENT_TYPES.get(upload.status)
         if event_type:
-            by_tenant[upload.tenant_id].append((event_type, UploadSerializer(upload).data))
+            by_tenant[upload.tenant_id].append((event_type, upload_json(upload)))
     for tenant_id, events in by_tenant.items():
         webhook_events_record(tenant_id=tenant_id, events=events)

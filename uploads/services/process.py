@@ -45,8 +45,11 @@ from tenants.models import Authorizer
 from tenants.services.tokens import authorizer_access_token_get, authorizer_access_token_refresh_after_failure
 from uploads.errors import UploadNotRetryable
 from uploads.models import Upload, UploadAttempt, UploadBlob
-from uploads.services.dedupe import with_reusable
-from uploads.services.events import upload_event_record, uploads_events_record
+from uploads.representation import upload_json
+from uploads.services import pg
+from uploads.services.dedupe import dedupe_since, with_reusable
+from uploads.services.events import EVENT_TYPES, upload_event_record, uploads_events_record
+from webhooks.services.events import webhook_event_dispatch_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +99,17 @@ class _Run:
 
     upload: Upload
     lease_until: datetime
+    #: The image bytes, when the claim loaded them (PostgreSQL); else read when needed.
+    data: bytes | None = None
+    #: time.monotonic() when the upload and its authorizer were read.
+    loaded_at: float = field(default_factory=time.monotonic)
     #: Attempt rows not yet written: they are saved in one transaction with the upload's new state,
     #: so the stored `attempts` count and the attempt rows never disagree (a run can die anywhere).
     pending: list[UploadAttempt] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        #: The authorizer's token generation as read with the upload.
+        self.loaded_generation = self.upload.authorizer.token_generation
 
 
 def _claim(upload_id) -> tuple[datetime, bool] | None:
@@ -150,6 +161,11 @@ def _save_if_still_ours(run: _Run, fields: dict) -> bool:
 
 
 def _write_if_still_ours(run: _Run, values: dict) -> int:
+    if pg.available():
+        if connection.in_atomic_block:  # a caller's transaction (tests, the admin): a savepoint around it
+            with transaction.atomic():
+                return _write_in_one_statement(run, values)
+        return _write_in_one_statement(run, values)
     pending = list(run.pending)
     try:
         with transaction.atomic():
@@ -165,6 +181,21 @@ def _write_if_still_ours(run: _Run, values: dict) -> int:
             attempt.pk = None
         run.pending[:] = pending
         raise
+    return written
+
+
+def _write_in_one_statement(run: _Run, values: dict) -> int:
+    """The result, the attempt rows and (for a final status) the webhook event: one statement (pg.py)."""
+    upload = run.upload
+    event = None
+    if values.get("status") in Upload.FINAL_STATUSES:
+        event = (EVENT_TYPES[values["status"]], upload_json(upload, authorizer_appid=upload.authorizer.appid))
+    written, to_dispatch = pg.upload_result_write(upload=upload, lease_until=run.lease_until, values=values,
+                                                  attempts=run.pending, event=event, now=timezone.now())
+    if written:
+        run.pending.clear()
+        if to_dispatch is not None:
+            webhook_event_dispatch_enqueue(to_dispatch)
     return written
 
 
@@ -203,14 +234,34 @@ def _current(upload_id) -> Outcome:
     return Outcome(row["status"], retry_in=wait)
 
 
-def upload_process(*, upload_id) -> Outcome:
+def _claim_and_load(upload_id) -> tuple[_Run, bool] | None:
+    """(the run, took over a lost run's expired lease), or None when the upload is not this run's to take."""
+    if pg.available():  # one statement: claim, and read the upload, its authorizer, bytes and a reusable URL
+        now = timezone.now()
+        claimed = pg.upload_claim(upload_id=upload_id, now=now, lease_until=now + timedelta(seconds=lease_seconds()),
+                                  since=dedupe_since())
+        if claimed is None:
+            return None
+        upload, reusable = claimed.upload, claimed.reusable
+        upload.reusable_id = reusable.upload_id if reusable else None
+        upload.reusable_root_id = reusable.root_id if reusable else None
+        upload.reusable_url = reusable.url if reusable else None
+        return _Run(upload, lease_until=upload.lease_until, data=claimed.data), claimed.took_over
     claim = _claim(upload_id)
     if claim is None:
-        return _current(upload_id)
+        return None
     # Loaded after the claim, so `attempts` is what the previous run saved.
-    run = _Run(with_reusable(Upload.objects.select_related("authorizer")).get(pk=upload_id), lease_until=claim[0])
+    upload = with_reusable(Upload.objects.select_related("authorizer")).get(pk=upload_id)
+    return _Run(upload, lease_until=claim[0]), claim[1]
+
+
+def upload_process(*, upload_id) -> Outcome:
+    claimed = _claim_and_load(upload_id)
+    if claimed is None:
+        return _current(upload_id)
+    run, took_over = claimed
     upload, authorizer = run.upload, run.upload.authorizer
-    if claim[1]:
+    if took_over:
         _record_lost_run(run)
         if _budget_spent(upload):
             return _finish(run, Upload.Status.FAILED, errmsg=(
@@ -235,10 +286,13 @@ def upload_process(*, upload_id) -> Outcome:
         ))
     if upload.dedupe and upload.reusable_url:  # the same bytes succeeded since it was accepted
         return _finish_reused(run)
-    blob = UploadBlob.objects.filter(upload_id=upload.pk).values_list("data", flat=True).first()
-    if blob is None:
+    data = run.data
+    if data is None:
+        blob = UploadBlob.objects.filter(upload_id=upload.pk).values_list("data", flat=True).first()
+        data = bytes(blob) if blob is not None else None
+    if data is None:
         return _finish(run, Upload.Status.FAILED, errmsg="the image bytes are no longer stored (retention)")
-    return _attempt_upload(run, authorizer, bytes(blob))
+    return _attempt_upload(run, authorizer, data)
 
 
 def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
@@ -278,10 +332,13 @@ def _attempt_upload(run: _Run, authorizer: Authorizer, data: bytes) -> Outcome:
             return _requeue(run, retry_delay(upload.attempts), errcode=None, errmsg=(
                 "not sent: too little of this run's lease was left for an upload call; sent again later"
             ))
-        # Ownership, re-read right before the call: the account may have moved to another tenant while
-        # this upload waited or fetched a token (an approved transfer request, the admin form); the
-        # image is then never sent on the new owner's account.
-        if not Authorizer.objects.filter(pk=authorizer.pk, tenant_id=upload.tenant_id).exists():
+        # Ownership, re-read right before the call when the row read with the claim may be stale: the
+        # account may have moved to another tenant while this run fetched a token or waited for one (an
+        # approved transfer request, the admin form); the image is then never sent on the new owner's
+        # account. Read with the claim a moment ago and served from that row, it is current.
+        if _ownership_may_be_stale(run, lease) and not Authorizer.objects.filter(
+            pk=authorizer.pk, tenant_id=upload.tenant_id
+        ).exists():
             return _finish(run, Upload.Status.REJECTED, errmsg=_moved(authorizer))
         number = _next_attempt_number(upload)
         started = timezone.now()
@@ -329,6 +386,18 @@ def _finish_reused(run: _Run) -> Outcome:
                     UploadAttempt.Outcome.REUSED, None)
     run.pending[-1].reused_upload_id = original
     return _finish(run, Upload.Status.SUCCEEDED, url=upload.reusable_url, errcode=0, reused_from_id=original)
+
+
+#: A row read longer ago than this before the upload call is read again for its owner.
+OWNERSHIP_FRESH_SECONDS = 1.0
+
+
+def _ownership_may_be_stale(run: _Run, lease) -> bool:
+    """Whether the authorizer row read with the claim may no longer say who owns the account: its token was
+    refreshed (or another run's refresh was waited for) since, or the read is over a second old. A move
+    commits in its own transaction; within the milliseconds between the claim and the call, a re-read
+    would narrow the window a move could slip through, not close it (docs/architecture.md §3.5)."""
+    return lease.generation != run.loaded_generation or time.monotonic() - run.loaded_at > OWNERSHIP_FRESH_SECONDS
 
 
 def _moved(authorizer: Authorizer) -> str:

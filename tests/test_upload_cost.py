@@ -1,0 +1,273 @@
+"""Issue 10's cheaper paths keep every behaviour: the hand-built JSON, the one-statement SQL (binary bytes,
+claims, the result with its attempts and webhook event), the ownership re-check, the cache client and
+the WeChat client's proxy settings read once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
+
+from tenants.models import Authorizer
+from tests.fixtures import expire_access_token, image_bytes, media_file, sim_count
+from uploads.api import UploadSerializer
+from uploads.models import Upload, UploadAttempt, UploadBlob
+from uploads.representation import json_bytes, upload_json
+from uploads.services import pg
+from uploads.services.process import upload_process
+
+UPLOADIMG = "/cgi-bin/media/uploadimg"
+
+
+def _fields_representation(upload: Upload) -> dict:
+    """What the serializer's declared fields render (DRF's own machinery, bypassing our to_representation)."""
+    return serializers.ModelSerializer.to_representation(UploadSerializer(), upload)
+
+
+# -- the hand-built representation -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_hand_built_json_is_what_the_serializer_fields_render(authorizer, component, make_upload):
+    queued = make_upload(authorizer)
+    sent = make_upload(authorizer, image_bytes("JPEG"))
+    upload_process(upload_id=sent.pk)
+    repeat = make_upload(authorizer, image_bytes("JPEG"))  # reuses `sent`'s URL: reused_from set
+    failed = make_upload(authorizer, image_bytes(color=(1, 2, 3)))
+    Upload.objects.filter(pk=failed.pk).update(
+        status=Upload.Status.FAILED, errcode=40164, finished_at=timezone.now(), started_at=timezone.now(),
+        errmsg="invalid ip 203.0.113.9 ipv6 ::ffff:203.0.113.9, not in whitelist \u2028 and \u00e9",
+        permission_required=[1, 8], permission_granted=[11], permission_passed=False,
+    )
+    rows = Upload.objects.select_related("authorizer").filter(pk__in=[queued.pk, sent.pk, repeat.pk, failed.pk])
+
+    assert len(rows) == 4
+    for row in rows:
+        ours = upload_json(row)
+        assert ours == _fields_representation(row)
+        assert json_bytes(ours) == JSONRenderer().render(_fields_representation(row))
+    by_id = {str(r.pk): upload_json(r) for r in rows}
+    assert by_id[str(repeat.pk)]["reused_from"] == str(sent.pk)
+    assert "203.0.113.9" not in by_id[str(failed.pk)]["errmsg"]
+    assert by_id[str(sent.pk)]["finished_at"].endswith("Z")
+
+
+@pytest.mark.django_db
+def test_the_202_body_is_the_same_as_the_detail_view(api_client, authorizer):
+    response = api_client.post("/api/v1/uploads/", {"media": media_file(image_bytes()),
+                                                    "authorizer_appid": authorizer.appid}, format="multipart")
+
+    assert response.status_code == 202 and response["Content-Type"] == "application/json"
+    assert response["Location"] == f"/api/v1/uploads/{response.json()['id']}/"
+    detail = api_client.get(response["Location"])
+    assert response.content == detail.content
+
+
+# -- the one-statement SQL --------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_bytes_go_in_and_come_out_exactly_as_binary(authorizer, component, make_upload, settings):
+    upload = make_upload(authorizer)
+    every_byte = bytes(range(256)) * 4097  # every value, ~1 MB: a hex or escape mistake would show
+    UploadBlob.objects.filter(upload_id=upload.pk).update(data=every_byte)
+
+    claimed = pg.upload_claim(upload_id=upload.pk, now=timezone.now(),
+                              lease_until=timezone.now() + timedelta(seconds=60), since=None)
+
+    assert claimed is not None and claimed.data == every_byte and not claimed.took_over
+    assert claimed.upload.status == Upload.Status.UPLOADING and claimed.upload.authorizer.pk == authorizer.pk
+
+
+@pytest.mark.django_db
+def test_the_insert_sends_the_bytes_as_a_binary_parameter_not_in_the_sql(api_client, authorizer):
+    data = image_bytes(size=(300, 300))
+    with CaptureQueriesContext(connection) as ctx:
+        response = api_client.post("/api/v1/uploads/", {"media": media_file(data),
+                                                        "authorizer_appid": authorizer.appid}, format="multipart")
+
+    assert response.status_code == 202
+    insert = [q["sql"] for q in ctx.captured_queries if "INSERT INTO" in q["sql"]]
+    assert len(insert) == 1 and "uploads_uploadblob" in insert[0] and "uploads_upload" in insert[0]
+    assert len(insert[0]) < 2000  # the statement's text, without the image in it (hex would be 2x its size)
+    assert bytes(UploadBlob.objects.get(upload_id=response.json()["id"]).data) == data
+
+
+@pytest.mark.django_db(transaction=True)
+def test_of_many_simultaneous_claims_exactly_one_wins(authorizer, component, make_upload):
+    upload = make_upload(authorizer)
+    start, won = threading.Barrier(8), []
+
+    def claim():
+        try:
+            start.wait()
+            now = timezone.now()
+            if pg.upload_claim(upload_id=upload.pk, now=now, lease_until=now + timedelta(seconds=60), since=None):
+                won.append(1)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    assert won == [1]
+    assert Upload.objects.get(pk=upload.pk).status == Upload.Status.UPLOADING
+
+
+@pytest.mark.django_db
+def test_a_result_is_not_written_by_a_run_that_lost_its_lease(authorizer, component, make_upload):
+    upload = make_upload(authorizer)
+    now = timezone.now()
+    claimed = pg.upload_claim(upload_id=upload.pk, now=now, lease_until=now + timedelta(seconds=60), since=None)
+    Upload.objects.filter(pk=upload.pk).update(lease_until=now + timedelta(seconds=99))  # another run's lease
+    attempt = UploadAttempt(upload=claimed.upload, number=1, started_at=now, duration_ms=1.0, outcome="succeeded")
+
+    written, _ = pg.upload_result_write(upload=claimed.upload, lease_until=claimed.upload.lease_until,
+                                        values={"status": Upload.Status.SUCCEEDED, "url": "http://x/y"},
+                                        attempts=[attempt], event=("upload.succeeded", {"id": "x"}), now=now)
+
+    assert not written
+    row = Upload.objects.get(pk=upload.pk)
+    assert row.status == Upload.Status.UPLOADING and row.url == ""
+    assert not UploadAttempt.objects.filter(upload=upload).exists()
+    from webhooks.models import WebhookEvent
+
+    assert not WebhookEvent.objects.filter(tenant=authorizer.tenant, type__startswith="upload.").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_writes_result_attempt_and_event_in_one_statement(
+    authorizer, component, make_upload, published_tasks
+):
+    from webhooks.models import WebhookEvent
+
+    upload = make_upload(authorizer)
+    with CaptureQueriesContext(connection) as ctx:
+        outcome = upload_process(upload_id=upload.pk)
+
+    assert outcome.status == "succeeded"
+    assert len(ctx.captured_queries) == 2, [q["sql"][:80] for q in ctx.captured_queries]  # claim, result
+    upload.refresh_from_db()
+    assert [(a.number, a.outcome, a.token_generation) for a in upload.attempt_records.all()] == [
+        (1, "succeeded", authorizer.token_generation)]
+    event = WebhookEvent.objects.get(tenant=authorizer.tenant, type__startswith="upload.")
+    assert event.type == "upload.succeeded" and event.data == upload_json(Upload.objects.get(pk=upload.pk))
+    # No endpoint: recorded for the catch-up API, already dispatched, and no dispatch task was sent.
+    assert event.dispatched_at is not None
+    assert [name for name, _ in published_tasks if name == "webhooks.dispatch_event"] == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_an_endpoint_the_event_is_dispatched(authorizer, component, make_upload, published_tasks):
+    from webhooks.models import WebhookEndpoint, WebhookEvent
+
+    endpoint = WebhookEndpoint(tenant=authorizer.tenant, url="http://127.0.0.1:9/hook", events=["*"])
+    endpoint.set_secret("s" * 32)
+    endpoint.save()
+    upload = make_upload(authorizer)
+
+    assert upload_process(upload_id=upload.pk).status == "succeeded"
+
+    event = WebhookEvent.objects.get(tenant=authorizer.tenant, type__startswith="upload.")
+    assert event.dispatched_at is None  # the dispatch task creates the deliveries and marks it
+    assert ("webhooks.dispatch_event", [str(event.pk)]) in published_tasks
+
+
+# -- ownership, re-read only when the claim's read may be stale --------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_an_account_moved_while_its_token_was_refreshed_is_not_sent_to(
+    component, make_tenant, make_authorizer, make_upload, monkeypatch
+):
+    from tenants.services import tokens
+
+    alpha, beta = make_tenant("alpha"), make_tenant("beta")
+    authorizer = make_authorizer(alpha)
+    upload = make_upload(authorizer)
+    expire_access_token(authorizer)  # the run must refresh the token first
+    real_fetch = tokens._AuthorizerToken.fetch
+
+    def fetch_and_move(self, row, **kwargs):
+        fetched = real_fetch(self, row, **kwargs)
+        Authorizer.objects.filter(pk=authorizer.pk).update(tenant=beta)  # the operator moves it meanwhile
+        return fetched
+
+    monkeypatch.setattr(tokens._AuthorizerToken, "fetch", fetch_and_move)
+    outcome = upload_process(upload_id=upload.pk)
+
+    assert outcome.status == Upload.Status.REJECTED
+    assert "moved to another merchant" in Upload.objects.get(pk=upload.pk).errmsg
+    assert sim_count(component, UPLOADIMG) == 0
+
+
+@pytest.mark.django_db
+def test_a_slow_run_re_reads_the_owner_before_sending(
+    component, make_tenant, make_authorizer, make_upload, monkeypatch
+):
+    from uploads.services import process
+
+    alpha, beta = make_tenant("alpha"), make_tenant("beta")
+    authorizer = make_authorizer(alpha)
+    upload = make_upload(authorizer)
+    real = process.authorizer_access_token_get
+
+    def slow_token(**kwargs):  # the stored token, served after the row read with the claim has aged
+        lease = real(**kwargs)
+        Authorizer.objects.filter(pk=authorizer.pk).update(tenant=beta)
+        monkeypatch.setattr(process.time, "monotonic", lambda: time.perf_counter() + 3600)
+        return lease
+
+    monkeypatch.setattr(process, "authorizer_access_token_get", slow_token)
+    assert upload_process(upload_id=upload.pk).status == Upload.Status.REJECTED
+    assert sim_count(component, UPLOADIMG) == 0
+
+
+# -- the cache client and the WeChat client's environment -------------------------------------------------------
+
+
+def test_the_redis_cache_builds_one_client_per_pool(settings):
+    import os
+
+    from django.core.cache import caches
+
+    settings.CACHES = {"default": {"BACKEND": "openplatform.core.cache.RedisCache",
+                                   "LOCATION": os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")}}
+    backend = caches["default"]._cache
+    assert backend.get_client(write=True) is backend.get_client(write=True)
+    assert backend.get_client("a") is backend.get_client("b")
+
+
+def test_the_wechat_client_reads_the_proxy_environment_once(monkeypatch):
+    from openplatform.wechat.client import WeChatClient
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = WeChatClient(api_base="https://api.weixin.qq.com")
+    assert client.session.proxies.get("https") == "http://127.0.0.1:3128"
+    assert client.session.verify == "/etc/ssl/certs/ca-certificates.crt"
+    assert client.session.trust_env is False  # not read again on every call
+
+    monkeypatch.setenv("NO_PROXY", "api.weixin.qq.com")
+    assert "https" not in WeChatClient(api_base="https://api.weixin.qq.com").session.proxies
+
+
+def test_json_bytes_escapes_what_drf_escapes():
+    data = {"a": "line\u2028sep\u2029é", "b": [1, None, True]}
+    assert json_bytes(data) == JSONRenderer().render(data)
+    assert json.loads(json_bytes(data)) == data
+    assert hashlib.sha256(json_bytes(data)).digest()  # bytes, ready for the response

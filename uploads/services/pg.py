@@ -1,0 +1,208 @@
+"""The upload path's statements on PostgreSQL: one round trip for each step (docs/architecture.md §7, "Cost").
+
+- accept: the authorizer and a reusable earlier upload of the same bytes in one SELECT; the upload row
+  and its bytes in one INSERT (a data-modifying CTE), the bytes sent as a binary parameter, not as a
+  hex-escaped literal twice their size;
+- task: the claim (a conditional UPDATE) returns the upload, its authorizer, its bytes and a reusable
+  earlier upload; the result, its attempt rows and the webhook event are written by one statement
+  that changes nothing unless this run still holds its lease (compare-and-set on `lease_until`).
+
+Each is a single statement, so it is atomic without BEGIN/COMMIT. Statements go through Django's cursor
+wrapper (errors become django.db errors, tests and the bench see them in the query log) around a
+psycopg cursor with server-side binding. They are prepared on the server (parsed and planned once per
+connection) unless a pooler in transaction mode sits in front (DATABASE_TRANSACTION_POOLING). Other
+databases (SQLite for `make run`) take the ORM path of the callers, which does the same in more steps.
+"""
+
+# ruff: noqa: S608 -- identifiers come from the models' metadata, every value is a bound parameter
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+
+import psycopg
+from django.db import connection
+
+from openplatform.core import sql
+from openplatform.core.sql import build, columns, execute, quote, width
+from tenants.models import Authorizer
+from uploads.models import Upload, UploadAttempt, UploadBlob
+
+
+def available() -> bool:
+    return sql.available()
+
+
+_REUSABLE = """
+    LEFT JOIN LATERAL (
+        SELECT e.id, e.reused_from_id, e.url FROM {upload} e
+        WHERE %(dedupe)s AND e.authorizer_id = {authorizer_id} AND e.tenant_id = {tenant_id}
+          AND e.sha256 = {sha256} AND e.status = 'succeeded' AND e.finished_at >= %(since)s AND e.url <> ''
+          {not_itself}
+        ORDER BY e.finished_at DESC LIMIT 1
+    ) r ON TRUE"""
+
+
+@dataclass(frozen=True)
+class Reusable:
+    upload_id: uuid.UUID
+    root_id: uuid.UUID | None
+    url: str
+
+
+def _reusable(row_tail) -> Reusable | None:
+    pk, root, url = row_tail
+    return Reusable(pk, root, url) if pk is not None else None
+
+
+# -- accept ------------------------------------------------------------------------------------------------
+
+
+@cache
+def _lookup_sql() -> str:
+    u, a = quote(Upload._meta.db_table), quote(Authorizer._meta.db_table)
+    reusable = _REUSABLE.format(upload=u, authorizer_id="a.id", tenant_id="%(tenant)s", sha256="%(sha256)s",
+                                not_itself="")
+    return (f"SELECT {columns(Authorizer, 'a')}, r.id, r.reused_from_id, r.url FROM {a} a {reusable} "
+            "WHERE a.tenant_id = %(tenant)s AND a.appid = %(appid)s ORDER BY a.appid, a.id LIMIT 1")
+
+
+def authorizer_and_reusable(*, tenant_id: int, appid: str, sha256: str,
+                            since: datetime | None) -> tuple[Authorizer | None, Reusable | None]:
+    """The tenant's authorizer with this appid, and the newest succeeded upload of these bytes to it since
+    `since` (None: deduplication off), in one query."""
+    rows = execute(_lookup_sql(), {"tenant": tenant_id, "appid": appid, "sha256": sha256,
+                                    "dedupe": since is not None, "since": since or datetime.max})
+    if not rows:
+        return None, None
+    n = width(Authorizer)
+    return build(Authorizer, rows[0][:n]), _reusable(rows[0][n:])
+
+
+@cache
+def _insert_sql() -> str:
+    u, b = quote(Upload._meta.db_table), quote(UploadBlob._meta.db_table)
+    fields = Upload._meta.concrete_fields
+    names = ", ".join(quote(f.column) for f in fields)
+    values = ", ".join(f"%(f{i})s" for i in range(len(fields)))
+    return (f"WITH u AS (INSERT INTO {u} ({names}) VALUES ({values}) RETURNING {quote('id')}) "
+            f"INSERT INTO {b} ({quote('upload_id')}, {quote('data')}) SELECT u.{quote('id')}, %(data)s FROM u")
+
+
+def upload_insert_with_bytes(upload: Upload, data: bytes) -> None:
+    """INSERT the new upload and its bytes in one statement (raises IntegrityError as save() would)."""
+    params = {f"f{i}": f.get_db_prep_save(f.pre_save(upload, True), connection)
+              for i, f in enumerate(Upload._meta.concrete_fields)}
+    params["data"] = data
+    execute(_insert_sql(), params)
+    upload._state.adding = False
+    upload._state.db = connection.alias
+
+
+# -- task --------------------------------------------------------------------------------------------------
+
+
+@cache
+def _claim_sql() -> str:
+    u, a, b = quote(Upload._meta.db_table), quote(Authorizer._meta.db_table), quote(UploadBlob._meta.db_table)
+    reusable = _REUSABLE.format(upload=u, authorizer_id="c.authorizer_id", tenant_id="c.tenant_id",
+                                sha256="c.sha256", not_itself="AND e.id <> c.id AND c.dedupe")
+    # FOR UPDATE re-checks the condition on the row a concurrent claim left behind, so of two deliveries
+    # at once exactly one gets it (the other waits, then sees `uploading` with a live lease).
+    return f"""
+        WITH target AS (
+            SELECT id, status AS was FROM {u}
+            WHERE id = %(id)s AND (
+                (status = 'queued' AND (next_attempt_at <= %(now)s OR next_attempt_at IS NULL))
+                OR (status = 'uploading' AND lease_until < %(now)s))
+            FOR UPDATE
+        ), c AS (
+            UPDATE {u} up SET status = 'uploading', started_at = %(now)s, lease_until = %(lease)s,
+                updated_at = %(now)s
+            FROM target WHERE up.id = target.id
+            RETURNING up.*, target.was
+        )
+        SELECT c.was, {columns(Upload, 'c')}, {columns(Authorizer, 'a')}, bl.data, r.id, r.reused_from_id, r.url
+        FROM c JOIN {a} a ON a.id = c.authorizer_id
+        LEFT JOIN {b} bl ON bl.upload_id = c.id
+        {reusable}"""
+
+
+@dataclass
+class Claimed:
+    upload: Upload
+    took_over: bool
+    data: bytes | None
+    reusable: Reusable | None
+
+
+def upload_claim(*, upload_id, now: datetime, lease_until: datetime, since: datetime | None) -> Claimed | None:
+    """Claim a due upload (or one whose lease ran out) and load it, its authorizer, bytes and a reusable
+    earlier upload: one statement. None when it is not this run's to take."""
+    rows = execute(_claim_sql(), {"id": upload_id, "now": now, "lease": lease_until,
+                                   "dedupe": since is not None, "since": since or datetime.max})
+    if not rows:
+        return None
+    row = rows[0]
+    nu, na = width(Upload), width(Authorizer)
+    upload = build(Upload, row[1 : 1 + nu])
+    upload.authorizer = build(Authorizer, row[1 + nu : 1 + nu + na])
+    data = row[1 + nu + na]
+    return Claimed(upload=upload, took_over=row[0] == Upload.Status.UPLOADING,
+                   data=bytes(data) if data is not None else None, reusable=_reusable(row[2 + nu + na :]))
+
+
+_ATTEMPT_COLUMNS = ("number", "started_at", "duration_ms", "http_status", "errcode", "errmsg", "outcome",
+                    "token_generation", "worker", "reused_upload_id")
+_ATTEMPT_TYPES = ("integer", "timestamptz", "double precision", "integer", "integer", "text", "text",
+                  "integer", "text", "uuid")
+
+
+def upload_result_write(*, upload: Upload, lease_until: datetime, values: dict, attempts: list[UploadAttempt],
+                        event: tuple[str, dict] | None, now: datetime) -> tuple[bool, uuid.UUID | None]:
+    """Write the run's result (`values`, field name -> value), its attempt rows and its webhook event, only
+    while the run still holds its lease. Returns (written, id of an event to dispatch).
+
+    The event is marked dispatched at once when its tenant has no enabled endpoint (nobody to deliver
+    to, no dispatch task); it stays in the catch-up API either way.
+    """
+    from webhooks.models import WebhookEndpoint, WebhookEvent
+
+    u = quote(Upload._meta.db_table)
+    params: dict = {"id": upload.pk, "lease": lease_until, "now": now}
+    sets = []
+    for i, (name, value) in enumerate(values.items()):
+        f = Upload._meta.get_field(name)
+        sets.append(f"{quote(f.column)} = %(s{i})s")
+        params[f"s{i}"] = f.get_db_prep_save(value, connection)
+    parts = [f"u AS (UPDATE {u} SET {', '.join(sets)} WHERE id = %(id)s AND status = 'uploading' "
+             "AND lease_until = %(lease)s RETURNING id, tenant_id)"]
+    if attempts:
+        rows = []
+        for j, attempt in enumerate(attempts):
+            cells = []
+            for k, (column, kind) in enumerate(zip(_ATTEMPT_COLUMNS, _ATTEMPT_TYPES, strict=True)):
+                params[f"a{j}_{k}"] = getattr(attempt, column)
+                cells.append(f"%(a{j}_{k})s::{kind}")
+            rows.append(f"({', '.join(cells)})")
+        columns = ", ".join(quote(c) for c in ("upload_id", *_ATTEMPT_COLUMNS))
+        parts.append(f"att AS (INSERT INTO {quote(UploadAttempt._meta.db_table)} ({columns}) "
+                     f"SELECT u.id, v.* FROM u, (VALUES {', '.join(rows)}) AS v({', '.join(_ATTEMPT_COLUMNS)}))")
+    select_event = "NULL::uuid"
+    if event is not None:
+        event_type, data = event
+        params.update(event_id=uuid.uuid4(), event_type=event_type,
+                      event_data=psycopg.types.json.Jsonb(data))
+        endpoints = quote(WebhookEndpoint._meta.db_table)
+        parts.append(
+            f"ev AS (INSERT INTO {quote(WebhookEvent._meta.db_table)} (id, tenant_id, type, data, created_at, "
+            "dispatched_at) SELECT %(event_id)s, u.tenant_id, %(event_type)s, %(event_data)s, %(now)s, "
+            f"CASE WHEN EXISTS (SELECT 1 FROM {endpoints} p WHERE p.tenant_id = u.tenant_id AND p.enabled) "
+            "THEN NULL ELSE %(now)s END FROM u RETURNING id, dispatched_at)")
+        select_event = "(SELECT id FROM ev WHERE dispatched_at IS NULL)"
+    sql = f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM u), {select_event}"
+    written, to_dispatch = execute(sql, params)[0]
+    return bool(written), to_dispatch
