@@ -27,16 +27,16 @@ class _PreparedCursor(psycopg.Cursor):
         return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
 
 
-def execute(sql: str, params) -> list[tuple]:
+def execute(sql: str, params, *, rows: bool = True) -> list[tuple]:
     """Run one statement through Django's cursor wrapper (error translation, query log) around a
-    server-side-binding psycopg cursor on Django's connection; its rows."""
+    server-side-binding psycopg cursor on Django's connection; its rows (`rows=False`: one that returns none)."""
     pooled = connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")  # DATABASE_TRANSACTION_POOLING
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     raw = (psycopg.Cursor if pooled else _PreparedCursor)(connection.connection)
     with connection._prepare_cursor(raw) as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
+        return cursor.fetchall() if rows else []
 
 
 def quote(name: str) -> str:

@@ -97,7 +97,7 @@ def upload_insert_with_bytes(upload: Upload, data: bytes) -> None:
     params = {f"f{i}": f.get_db_prep_save(f.pre_save(upload, True), connection)
               for i, f in enumerate(Upload._meta.concrete_fields)}
     params["data"] = data
-    execute(_insert_sql(), params)
+    execute(_insert_sql(), params, rows=False)
     upload._state.adding = False
     upload._state.db = connection.alias
 
@@ -155,6 +155,11 @@ def upload_claim(*, upload_id, now: datetime, lease_until: datetime, since: date
                    data=bytes(data) if data is not None else None, reusable=_reusable(row[2 + nu + na :]))
 
 
+@cache
+def _quoted_column(name: str) -> str:
+    return quote(Upload._meta.get_field(name).column)
+
+
 _ATTEMPT_COLUMNS = ("number", "started_at", "duration_ms", "http_status", "errcode", "errmsg", "outcome",
                     "token_generation", "worker", "reused_upload_id")
 _ATTEMPT_TYPES = ("integer", "timestamptz", "double precision", "integer", "integer", "text", "text",
@@ -176,7 +181,7 @@ def upload_result_write(*, upload: Upload, lease_until: datetime, values: dict, 
     sets = []
     for i, (name, value) in enumerate(values.items()):
         f = Upload._meta.get_field(name)
-        sets.append(f"{quote(f.column)} = %(s{i})s")
+        sets.append(f"{_quoted_column(name)} = %(s{i})s")
         params[f"s{i}"] = f.get_db_prep_save(value, connection)
     parts = [f"u AS (UPDATE {u} SET {', '.join(sets)} WHERE id = %(id)s AND status = 'uploading' "
              "AND lease_until = %(lease)s RETURNING id, tenant_id)"]
