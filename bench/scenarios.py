@@ -155,6 +155,7 @@ def simulated_day(world: World, *, step: int = 240, day: int = 86400) -> dict:
     import django.utils.timezone as tz
 
     from openplatform.component.config import wechat_client
+    from openplatform.component.token import component_access_token_force_refresh
     from openplatform.wechat.client import RetryPolicy
     from openplatform.wechat.errors import WeChatError
     from tenants.models import Authorizer
@@ -183,6 +184,11 @@ def simulated_day(world: World, *, step: int = 240, day: int = 86400) -> dict:
                     rejected_uploads += 1
             offset[0] += step
             world.control.advance_clock(step)
+    # WeChat's clock stays a day ahead, ours is back: the component token we hold was issued a day ago in
+    # WeChat's time (it has expired there) and looks fresh here. Fetch a new one now, against a new ticket,
+    # or the scenarios after this one would each pay its expiry (a 42001, a refresh, a retry).
+    world.store_ticket()
+    component_access_token_force_refresh()
     per_authorizer = [
         a.refresh_count - counts_before[a.pk] for a in Authorizer.objects.filter(pk__in=counts_before)
     ]
