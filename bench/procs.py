@@ -1,4 +1,4 @@
-"""The web server and the Celery worker as subprocesses, and their memory."""
+"""The web server and the Celery workers as subprocesses, their memory, and the CPU of every part of the machine."""
 
 from __future__ import annotations
 
