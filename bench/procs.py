@@ -241,6 +241,7 @@ def postgres_processes(database: str) -> Matching:
 
 
 Part = tuple[int, ...] | list[int] | str | Roots | Matching
+KERNEL = "kernel"
 
 
 class CpuMeter:
@@ -249,12 +250,15 @@ class CpuMeter:
     A part is a tuple of root pids (with their descendants), a list of pids (alone), a string found in
     the command line of the processes, or a `Roots` / `Matching`. A process that has exited keeps the CPU
     it had at the last sample: sample right before stopping one (World.stop_workers does).
-    `other processes` is the machine's busy time (/proc/stat) minus all the parts: anything else running.
+    Two parts are added: `kernel`, the kernel's threads (softirq work, mostly the loopback traffic of the
+    parts, and writeback), and `other processes`, the machine's busy time (/proc/stat) minus everything
+    above: whatever else the machine runs (this kernel charges softirq time to the task it interrupts).
     """
 
     def __init__(self, parts: dict[str, Part]) -> None:
-        self.parts = parts
-        self._seen: dict[str, dict[tuple[int, int], float]] = {name: {} for name in parts}
+        # kthreadd (pid 2) and its children are the kernel's threads.
+        self.parts = {**parts, KERNEL: (2,)}
+        self._seen: dict[str, dict[tuple[int, int], float]] = {name: {} for name in self.parts}
 
     @staticmethod
     def _pids(what: Part, cmdlines: dict[int, str]) -> list[int]:
@@ -269,8 +273,7 @@ class CpuMeter:
         return [pid for pid, cmd in cmdlines.items() if what in cmd]
 
     def sample(self) -> dict[str, float]:
-        scan = any(isinstance(w, str | Matching) for w in self.parts.values())
-        cmdlines = _cmdlines() if scan else {}
+        cmdlines = _cmdlines()
         busy = _machine_times()["busy"]
         out = {}
         for name, what in self.parts.items():

@@ -1,9 +1,12 @@
-"""The WeChat simulator in a process of its own, for `make bench`: `python -m bench.simulator --port N`.
+"""The WeChat simulator in a process of its own, for `make bench`: gunicorn serving `make_app()`.
 
 In the bench process it would share one interpreter (one GIL) with the load clients: a direct loop of 32
 calls in flight then measures the bench, not WeChat's latency. Here it has a core of its own to use, and
-its CPU is counted apart ("simulator"). The component of bench/env.py is registered at start; the
-control API (/_sim/) works as usual. One bench-only route is added:
+its CPU is counted apart ("simulator"). It is served by gunicorn's gthread worker, one process (the
+state lives there), with keep-alive connections, as WeChat's API keeps them: werkzeug's development
+server (SimulatorServer) closes every connection, which costs each call a TCP handshake and the
+simulator a new thread, on both sides of every ratio. The component of bench/env.py is registered at
+start; the control API (/_sim/) works as usual. Two bench-only routes are added:
 
     POST /_bench/grants {"n": 10000, "func_info": [1, 11]}
         -> {"grants": [[authorizer_appid, refresh_token], ...]}
@@ -19,16 +22,13 @@ every call's record over the control API.
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
-import sys
 
 from werkzeug.wrappers import Request, Response
 
 from bench.env import COMPONENT
 from openplatform.wechat.simulator import authorization as authz
-from openplatform.wechat.simulator.server import SimulatorServer
+from openplatform.wechat.simulator.app import SimulatorApp
 
 GRANTS_PATH = "/_bench/grants"
 OUTCOMES_PATH = "/_bench/outcomes"
@@ -67,24 +67,9 @@ class BenchRoutes:
         return Response(json.dumps(counts), content_type="application/json")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.simulator", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    server = SimulatorServer("127.0.0.1", args.port)
-    server.app = BenchRoutes(server.app)  # start() serves self.app
-    server.start()
-    server.register_component(**COMPONENT, events_url=None)
-    print(f"bench simulator on {server.url}", flush=True)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    try:
-        signal.pause()
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    finally:
-        server.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def make_app() -> BenchRoutes:
+    """The simulator's WSGI app with the bench's component registered and the bench-only routes."""
+    app = SimulatorApp()
+    with app.state.lock:
+        authz.register_component(app.state, **COMPONENT, events_url=None)
+    return BenchRoutes(app)

@@ -172,13 +172,22 @@ def start_simulator() -> tuple[SimulatorServer, SimulatorControl]:
 
 
 class SimulatorProcess:
-    """bench/simulator.py in a process of its own: `url`, `pid`, `stop()`."""
+    """bench/simulator.py served by gunicorn (one gthread worker process): `url`, `pid`, `stop()`."""
+
+    #: Threads of the simulator's worker: every call in flight holds one while it sleeps its latency.
+    THREADS = 128
 
     def __init__(self, port: int, log: Path) -> None:
-        import sys
+        from bench.env import VENV_BIN
 
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = Process("simulator", [sys.executable, "-m", "bench.simulator", "--port", str(port)], log)
+        argv = [
+            str(VENV_BIN / "gunicorn"), "bench.simulator:make_app()", "--bind", f"127.0.0.1:{port}",
+            "--workers", "1", "--worker-class", "gthread", "--threads", str(self.THREADS),
+            "--keep-alive", "75", "--backlog", "2048", "--graceful-timeout", "5", "--timeout", "600",
+            "--log-level", "warning",
+        ]
+        self.proc = Process("simulator", argv, log)
         deadline = time.monotonic() + 30
         while True:
             self.proc.check()
