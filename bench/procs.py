@@ -1,4 +1,4 @@
-"""The web server and the Celery worker as subprocesses, and their memory."""
+"""The web server and the Celery workers as subprocesses, their memory, and the CPU of every part of the machine."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class Process:
 
     def __init__(self, name: str, argv: list[str], log: Path) -> None:
         self.name = name
+        self.node = ""  # a Celery worker's node name (start_celery)
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log = log.open("ab")
         self.proc = subprocess.Popen(  # noqa: S603 (our own fixed argv)
@@ -115,7 +117,12 @@ def start_web(config: WebConfig, port: int, log: Path) -> Process:
         time.sleep(0.2)
 
 
-def start_workers(config: WorkerConfig, log: Path) -> list[Process]:
+def start_workers(config: WorkerConfig, log: Path, *, queues: str = "uploads,celery", tag: str = "bench") -> list[Process]:
+    """`config.processes` Celery workers of the application, answering a ping before this returns.
+
+    Uploads are routed to their own queue (settings.CELERY_TASK_ROUTES); anything else the bench sends
+    goes to the default one. A scenario that must enqueue while nothing consumes starts its worker on an
+    idle queue and adds `uploads` later (`add_consumer`)."""
     from openplatform.celery import app
 
     workers = []
@@ -123,22 +130,33 @@ def start_workers(config: WorkerConfig, log: Path) -> list[Process]:
         argv = [
             str(VENV_BIN / "celery"), "-A", "openplatform", "worker",
             "--pool", config.pool, "--concurrency", str(config.concurrency), "--loglevel", "WARNING",
-            # Uploads are routed to their own queue (settings.CELERY_TASK_ROUTES); anything else the
-            # bench sends goes to the default one.
-            "-Q", "uploads,celery",
-            "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench{i}-{os.getpid()}@%h",
+            "-Q", queues, "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]
-        workers.append(Process(f"celery worker {i}", argv, log))
-    deadline = time.monotonic() + 60
-    while True:
+        workers.append(start_celery(f"celery worker {tag}{i}", argv, log, f"{tag}{i}-{os.getpid()}"))
+    wait_for_ping(app, workers)
+    return workers
+
+
+def start_celery(name: str, argv: list[str], log: Path, node: str) -> Process:
+    """A `celery worker` with the node name `node@<host>` (so a ping or a control command can address it)."""
+    proc = Process(name, [*argv, "-n", f"{node}@%h"], log)
+    proc.node = f"{node}@{socket.gethostname()}"
+    return proc
+
+
+def wait_for_ping(app, workers: list[Process], timeout: float = 60) -> None:
+    """Until every worker answers a ping addressed to it (other workers on the broker do not count)."""
+    deadline = time.monotonic() + timeout
+    pending = {w.node for w in workers}
+    while pending:
         for worker in workers:
             worker.check()
-        if len(app.control.ping(timeout=0.5)) >= len(workers):
-            return workers
-        if time.monotonic() > deadline:
+        for reply in app.control.ping(destination=sorted(pending), timeout=0.5):
+            pending -= set(reply)
+        if pending and time.monotonic() > deadline:
             for worker in workers:
                 worker.stop()
-            raise RuntimeError("the Celery workers did not answer a ping within 60 s")
+            raise RuntimeError(f"Celery worker(s) {sorted(pending)} did not answer a ping within {timeout:.0f} s")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -170,45 +188,102 @@ def rss_mb(*roots: int) -> float:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu(pid: int) -> float:
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(start time in ticks, CPU seconds: utime + stime, every thread included), or None when gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime, every thread included
+        return None
+    return int(fields[19]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def _pids_matching(needle: str) -> list[int]:
-    found = []
+def _cmdlines() -> dict[int, str]:
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    found.append(int(entry.name))
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
     return found
 
 
-class CpuMeter:
-    """CPU seconds used by each part of the system (user + system time, read from /proc)."""
+#: PostgreSQL's own background processes: their work (WAL, checkpoints) is caused by the bench's writes.
+_PG_BACKGROUND = ("checkpointer", "background writer", "walwriter", "autovacuum launcher",
+                  "logical replication launcher", "stats collector", "archiver")
 
-    def __init__(self, parts: dict[str, tuple[int, ...] | list[int] | str]) -> None:
-        #: name -> root pids (with their descendants), a list of pids (alone), or a string found in the
-        #: command line of the processes
-        self.parts = parts
+
+@dataclass(frozen=True)
+class Roots:
+    """A CpuMeter part whose processes change (the workers are restarted): root pids read at each sample."""
+
+    pids: Callable[[], Iterable[int]]
+
+
+@dataclass(frozen=True)
+class Matching:
+    """A CpuMeter part: the processes whose command line satisfies `predicate`."""
+
+    predicate: Callable[[str], bool]
+
+
+def postgres_processes(database: str) -> Matching:
+    """The backends connected to `database` (autovacuum on it included) and the server's background
+    processes (their work, WAL and checkpoints, is caused by the bench's writes). Backends of other
+    databases are someone else's: they count as other processes."""
+
+    def match(cmdline: str) -> bool:
+        if not cmdline.startswith("postgres: "):
+            return False
+        return database in cmdline.split() or any(kind in cmdline for kind in _PG_BACKGROUND)
+
+    return Matching(match)
+
+
+Part = tuple[int, ...] | list[int] | str | Roots | Matching
+KERNEL = "kernel"
+
+
+class CpuMeter:
+    """CPU seconds used by each part of the system (user + system time, read from /proc), cumulative.
+
+    A part is a tuple of root pids (with their descendants), a list of pids (alone), a string found in
+    the command line of the processes, or a `Roots` / `Matching`. A process that has exited keeps the CPU
+    it had at the last sample: sample right before stopping one (World.stop_workers does).
+    Two parts are added: `kernel`, the kernel's threads (softirq work, mostly the loopback traffic of the
+    parts, and writeback), and `other processes`, the machine's busy time (/proc/stat) minus everything
+    above: whatever else the machine runs (this kernel charges softirq time to the task it interrupts).
+    """
+
+    def __init__(self, parts: dict[str, Part]) -> None:
+        # kthreadd (pid 2) and its children are the kernel's threads.
+        self.parts = {**parts, KERNEL: (2,)}
+        self._seen: dict[str, dict[tuple[int, int], float]] = {name: {} for name in self.parts}
+
+    @staticmethod
+    def _pids(what: Part, cmdlines: dict[int, str]) -> list[int]:
+        if isinstance(what, Roots):
+            what = tuple(what.pids())
+        if isinstance(what, tuple):
+            return [d for root in what for d in _descendants(root)]
+        if isinstance(what, list):
+            return what
+        if isinstance(what, Matching):
+            return [pid for pid, cmd in cmdlines.items() if what.predicate(cmd)]
+        return [pid for pid, cmd in cmdlines.items() if what in cmd]
 
     def sample(self) -> dict[str, float]:
+        cmdlines = _cmdlines()
+        busy = _machine_times()["busy"]
         out = {}
         for name, what in self.parts.items():
-            if isinstance(what, tuple):
-                pids = [d for root in what for d in _descendants(root)]
-            elif isinstance(what, list):
-                pids = what
-            else:
-                pids = _pids_matching(what)
-            out[name] = sum(_cpu(p) for p in pids)
-        out["other processes"] = _machine_busy() - sum(out.values())
+            seen = self._seen[name]
+            for pid in self._pids(what, cmdlines):
+                stat = _stat(pid)
+                if stat is not None:
+                    seen[(pid, stat[0])] = stat[1]
+            out[name] = sum(seen.values())
+        out["other processes"] = busy - sum(out.values())
         return out
 
     @staticmethod
@@ -216,9 +291,20 @@ class CpuMeter:
         return {k: (after[k] - before[k]) * 1000 / items for k in before}
 
 
-def _machine_busy() -> float:
-    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
-    user, nice, system, _idle, _iowait, irq, softirq = (
-        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]
+def _machine_times() -> dict[str, float]:
+    """CPU seconds every core of the machine has spent busy since boot, and stolen by the hypervisor."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     )
-    return (user + nice + system + irq + softirq) / _CLK_TCK
+    return {"busy": (user + nice + system + irq + softirq) / _CLK_TCK, "steal": steal / _CLK_TCK}
+
+
+def machine_busy_cores(seconds: float) -> float:
+    """How many cores the whole machine kept busy over the next `seconds` (the caller sleeping)."""
+    before = _machine_times()["busy"]
+    time.sleep(seconds)
+    return (_machine_times()["busy"] - before) / seconds
+
+
+def stolen_seconds() -> float:
+    return _machine_times()["steal"]

@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
 from PIL import Image
 
 from bench.env import COMPONENT
-from bench.procs import CpuMeter, Process
+from bench.procs import CpuMeter, Process, WorkerConfig, start_workers
 from openplatform.wechat.simulator.control import SimulatorControl
 from openplatform.wechat.simulator.server import SimulatorServer
 
@@ -37,7 +38,7 @@ def sample_image(width: int = 640, height: int = 480) -> bytes:
 
 @dataclass
 class World:
-    sim: SimulatorServer
+    sim: SimulatorServer | SimulatorProcess  # in this process (bench/dedupe.py) or its own (make bench)
     control: SimulatorControl
     image: bytes
     logs: Path
@@ -46,7 +47,11 @@ class World:
     authorizer: object = None
     web_url: str = ""
     web: Process | None = None
+    #: The application's Celery workers now running: the main ones (`worker_config`), or a scenario's own.
     workers: list[Process] = field(default_factory=list)
+    worker_config: WorkerConfig | None = None
+    #: bench/baseline.py's worker, while a scenario runs it.
+    baseline: Process | None = None
     cpu: CpuMeter | None = None
     notes: list[str] = field(default_factory=list)
     _serial: itertools.count = field(default_factory=itertools.count)
@@ -60,8 +65,40 @@ class World:
     # -- simulator ----------------------------------------------------------------------------------------
 
     def count(self, path: str) -> int:
-        with self.sim.state.lock:
-            return self.sim.state.counters.get(path, 0)
+        """Calls the simulator has had to `path` (its control API: the simulator may run in another process)."""
+        return self.control.counters().get(path, 0)
+
+    def grant_many(self, n: int, func_info=(1, 11)) -> list[tuple[str, str]]:
+        """`n` Official Accounts authorize us at once (bench/simulator.py): [(appid, refresh_token)]."""
+        response = requests.post(f"{self.sim.url}/_bench/grants", json={"n": n, "func_info": list(func_info)},
+                                 timeout=600)
+        response.raise_for_status()
+        return [tuple(pair) for pair in response.json()["grants"]]
+
+    def outcomes(self, path: str = UPLOADIMG) -> dict[str, int]:
+        """{errcode: calls} of every call to `path` so far ("0" for success; bench/simulator.py only)."""
+        response = requests.get(f"{self.sim.url}/_bench/outcomes", params={"path": path}, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    # -- workers ------------------------------------------------------------------------------------------
+
+    def start_workers(self, config: WorkerConfig, *, queues: str = "uploads,celery", tag: str = "bench") -> None:
+        """Replace the running workers (if any) by `config`'s, listening on `queues`."""
+        self.stop_workers()
+        self.workers = start_workers(config, self.logs / "worker.log", queues=queues, tag=tag)
+
+    def stop_workers(self) -> None:
+        if self.cpu is not None:
+            self.cpu.sample()  # the CPU they used so far stays theirs (CpuMeter keeps an exited process's)
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+    def restore_workers(self) -> None:
+        """The main workers again, after a scenario that ran its own."""
+        if self.worker_config is not None:
+            self.start_workers(self.worker_config)
 
     def store_ticket(self) -> None:
         from django.utils import timezone
@@ -128,8 +165,52 @@ class World:
 
 
 def start_simulator() -> tuple[SimulatorServer, SimulatorControl]:
+    """The simulator in this process (bench/dedupe.py, whose WeChat calls are few)."""
     sim = SimulatorServer().start()
     sim.register_component(**COMPONENT, events_url=None)
+    return sim, SimulatorControl(sim.url)
+
+
+class SimulatorProcess:
+    """bench/simulator.py served by gunicorn (one gthread worker process): `url`, `pid`, `stop()`."""
+
+    #: Threads of the simulator's worker: every call in flight holds one while it sleeps its latency.
+    THREADS = 128
+
+    def __init__(self, port: int, log: Path) -> None:
+        from bench.env import VENV_BIN
+
+        self.url = f"http://127.0.0.1:{port}"
+        argv = [
+            str(VENV_BIN / "gunicorn"), "bench.simulator:make_app()", "--bind", f"127.0.0.1:{port}",
+            "--workers", "1", "--worker-class", "gthread", "--threads", str(self.THREADS),
+            "--keep-alive", "75", "--backlog", "2048", "--graceful-timeout", "5", "--timeout", "600",
+            "--log-level", "warning",
+        ]
+        self.proc = Process("simulator", argv, log)
+        deadline = time.monotonic() + 30
+        while True:
+            self.proc.check()
+            try:
+                if requests.get(f"{self.url}/_sim/counters", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                self.proc.stop()
+                raise RuntimeError("the simulator process did not answer within 30 s")
+            time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_simulator_process(port: int, log: Path) -> tuple[SimulatorProcess, SimulatorControl]:
+    sim = SimulatorProcess(port, log)
     return sim, SimulatorControl(sim.url)
 
 
