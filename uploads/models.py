@@ -78,12 +78,15 @@ class Upload(models.Model):
         SCHEDULED = "scheduled", "Scheduled job"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="uploads")
-    authorizer = models.ForeignKey(Authorizer, on_delete=models.PROTECT, related_name="uploads")
+    # No single-column indexes where a composite one below leads with the column (docs/architecture.md §7,
+    # "Cost": each index is written on every insert and every status change).
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="uploads", db_index=False)
+    authorizer = models.ForeignKey(Authorizer, on_delete=models.PROTECT, related_name="uploads", db_index=False)
     requested_by = models.CharField(max_length=16, choices=RequestedBy.choices, default=RequestedBy.API_KEY)
-    api_key = models.ForeignKey(TenantAPIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey(TenantAPIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                db_index=False)
     admin_user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     idempotency_key = models.CharField(max_length=255, blank=True, default="")
     #: SHA-256 over what makes two requests "the same" (authorizer, original bytes, fit flag).
@@ -120,7 +123,8 @@ class Upload(models.Model):
     #: False: the request said `dedupe=false`, always send it to WeChat.
     dedupe = models.BooleanField(default=True)
     #: Same bytes as this earlier succeeded upload to the same authorizer: its URL, no WeChat call.
-    reused_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reused_from = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                    db_index=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = UploadQuerySet.as_manager()
@@ -134,13 +138,23 @@ class Upload(models.Model):
                 name="upload_idempotency_key_per_tenant",
             ),
         ]
+        # Partial where most rows need no entry: an insert or update skips a partial index whose condition
+        # the row does not meet, and these are written on every upload (docs/architecture.md §7, "Cost").
         indexes = [
             models.Index(fields=["-created_at"], name="upload_newest_idx"),
             models.Index(fields=["tenant", "-created_at"], name="upload_tenant_newest_idx"),
-            models.Index(fields=["status", "next_attempt_at"], name="upload_status_due_idx"),
+            # The sweeper and the due check: only uploads still in flight.
+            models.Index(fields=["status", "next_attempt_at"], name="upload_in_flight_due_idx",
+                         condition=Q(status__in=["queued", "uploading"])),
             models.Index(fields=["authorizer", "status"], name="upload_authorizer_status_idx"),
-            models.Index(fields=["finished_at"], name="upload_finished_idx"),
-            models.Index(fields=["authorizer", "sha256", "status"], name="upload_dedupe_idx"),
+            models.Index(fields=["finished_at"], name="upload_finished_at_idx", condition=Q(finished_at__isnull=False)),
+            # Dedupe looks for succeeded uploads only.
+            models.Index(fields=["authorizer", "sha256"], name="upload_dedupe_succeeded_idx",
+                         condition=Q(status="succeeded")),
+            # The foreign keys' own (a deleted key, user or upload sets these to NULL by them).
+            models.Index(fields=["api_key"], name="upload_api_key_idx", condition=Q(api_key__isnull=False)),
+            models.Index(fields=["admin_user"], name="upload_admin_user_idx", condition=Q(admin_user__isnull=False)),
+            models.Index(fields=["reused_from"], name="upload_reused_from_idx", condition=Q(reused_from__isnull=False)),
         ]
 
     def __str__(self) -> str:
@@ -182,7 +196,8 @@ class UploadAttempt(models.Model):
         #: Not sent: the same bytes already succeeded for this authorizer (`reused_upload`).
         REUSED = "reused", "Reused an earlier upload's URL"
 
-    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="attempt_records")
+    # Indexed by the (upload, number) constraint, which leads with it.
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="attempt_records", db_index=False)
     number = models.PositiveIntegerField()
     started_at = models.DateTimeField()
     duration_ms = models.FloatField()
@@ -193,11 +208,14 @@ class UploadAttempt(models.Model):
     #: Which of the authorizer's tokens was used (its generation), never the token itself.
     token_generation = models.PositiveIntegerField(null=True, blank=True)
     worker = models.CharField(max_length=200, blank=True, default="")
-    reused_upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reused_upload = models.ForeignKey(Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                                      db_index=False)
 
     class Meta:
         ordering = ["upload", "number"]
         constraints = [models.UniqueConstraint(fields=["upload", "number"], name="upload_attempt_number_unique")]
+        indexes = [models.Index(fields=["reused_upload"], name="attempt_reused_upload_idx",
+                                condition=Q(reused_upload__isnull=False))]
 
     def __str__(self) -> str:
         return f"attempt {self.number} of {self.upload_id}: {self.outcome}"

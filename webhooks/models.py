@@ -82,7 +82,9 @@ class WebhookEvent(models.Model):
     """Something a merchant's server should learn about; written with the change that caused it."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="webhook_events")
+    # Indexed by webhook_event_tenant_newest, which leads with it.
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="webhook_events",
+                               db_index=False)
     type = models.CharField(max_length=64)
     #: The object as the merchant API shows it (an upload, an authorizer).
     data = models.JSONField(default=dict, encoder=DjangoJSONEncoder)

@@ -13,27 +13,39 @@ from __future__ import annotations
 
 import psycopg
 from django.db import connection
-from django.db.models import Model
+from django.db.models import JSONField, Model
 
 
 def available() -> bool:
     return connection.vendor == "postgresql"
 
 
-class _PreparedCursor(psycopg.Cursor):
-    """Prepares each statement on the server (the first run parses and plans it, later runs reuse the plan)."""
+class _Cursor(psycopg.Cursor):
+    """A psycopg cursor (server-side binding) whose execute() defaults to preparing the statement on the
+    server (parsed and planned once per connection) and, if asked, to binary results."""
+
+    prepare_default: bool | None = None
+    binary_default: bool | None = None
 
     def execute(self, query, params=None, *, prepare=None, binary=None):
-        return super().execute(query, params, prepare=True if prepare is None else prepare, binary=binary)
+        return super().execute(query, params, prepare=self.prepare_default if prepare is None else prepare,
+                               binary=self.binary_default if binary is None else binary)
 
 
-def execute(sql: str, params, *, rows: bool = True) -> list[tuple]:
+def execute(sql: str, params, *, rows: bool = True, binary: bool = False) -> list[tuple]:
     """Run one statement through Django's cursor wrapper (error translation, query log) around a
-    server-side-binding psycopg cursor on Django's connection; its rows (`rows=False`: one that returns none)."""
-    pooled = connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")  # DATABASE_TRANSACTION_POOLING
+    server-side-binding psycopg cursor on Django's connection; its rows (`rows=False`: one that returns none).
+
+    `binary`: results in PostgreSQL's binary format (a bytea arrives as its bytes, not as hex text the
+    server writes and the client parses; jsonb arrives decoded).
+    """
     connection.close_if_health_check_failed()
     connection.ensure_connection()
-    raw = (psycopg.Cursor if pooled else _PreparedCursor)(connection.connection)
+    raw = _Cursor(connection.connection)
+    # Not behind a transaction-mode pooler (DATABASE_TRANSACTION_POOLING), where a prepared statement
+    # may meet another server connection.
+    raw.prepare_default = None if connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS") else True
+    raw.binary_default = binary or None
     with connection._prepare_cursor(raw) as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if rows else []
@@ -51,8 +63,10 @@ def build(model: type[Model], values) -> Model:
     """A model instance from its concrete columns' values, through each field's from_db_value."""
     converted = []
     for f, value in zip(model._meta.concrete_fields, values, strict=True):
-        from_db_value = getattr(f, "from_db_value", None)  # JSONField's (Django loads jsonb as text)
-        converted.append(from_db_value(value, None, connection) if from_db_value and value is not None else value)
+        from_db_value = getattr(f, "from_db_value", None)  # JSONField's: Django loads jsonb text as text
+        if from_db_value is not None and value is not None and not (isinstance(f, JSONField) and not isinstance(value, str)):
+            value = from_db_value(value, None, connection)
+        converted.append(value)
     return model.from_db(connection.alias, [f.attname for f in model._meta.concrete_fields], converted)
 
 

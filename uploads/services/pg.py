@@ -143,7 +143,7 @@ def upload_claim(*, upload_id, now: datetime, lease_until: datetime, since: date
     """Claim a due upload (or one whose lease ran out) and load it, its authorizer, bytes and a reusable
     earlier upload: one statement. None when it is not this run's to take."""
     rows = execute(_claim_sql(), {"id": upload_id, "now": now, "lease": lease_until,
-                                   "dedupe": since is not None, "since": since or datetime.max})
+                                   "dedupe": since is not None, "since": since or datetime.max}, binary=True)
     if not rows:
         return None
     row = rows[0]
