@@ -28,12 +28,12 @@ CPUS = os.cpu_count() or 1
 
 @dataclass(frozen=True)
 class WebConfig:
-    #: What deploy runs (deploy/Procfile, deploy/Dockerfile: WEB_CONCURRENCY=3, --threads 4): gthread
+    #: What deploy runs (deploy/Procfile, deploy/Dockerfile: one process per core, --threads 2): gthread
     #: workers, whose connections stay open between requests (keep-alive; a sync worker closes each one).
-    #: Measured against 4 sync workers on 2 cores: 9.7 against 11.9 ms of web CPU per upload, 78 against
-    #: 62 uploads/s end to end (bench --quick, 2026-11-30).
-    workers: int = CPUS + 1
-    threads: int = 4
+    #: bench --quick on 2 cores, 2026-11-30, web CPU per upload and uploads/s end to end: 4 sync workers
+    #: 11.9 ms, 62/s; 3 x 4 threads 9.7-10.4 ms, 70-78/s; 3 x 2 9.2 ms, 82/s; 2 x 2 8.4 ms, 85/s.
+    workers: int = CPUS
+    threads: int = 2
 
     def describe(self) -> str:
         kind = "sync" if self.threads == 1 else f"gthread x {self.threads} threads"
