@@ -121,6 +121,10 @@ def start_web(config: WebConfig, port: int, log: Path) -> Process:
         time.sleep(0.2)
 
 
+#: deploy/Procfile's `--prefetch-multiplier` for the upload worker.
+UPLOAD_PREFETCH_MULTIPLIER = 2
+
+
 def start_workers(config: WorkerConfig, log: Path, *, queues: str = "uploads,celery", tag: str = "bench") -> list[Process]:
     """`config.processes` Celery workers of the application, answering a ping before this returns.
 
@@ -134,6 +138,8 @@ def start_workers(config: WorkerConfig, log: Path, *, queues: str = "uploads,cel
         argv = [
             str(VENV_BIN / "celery"), "-A", "openplatform", "worker",
             "--pool", config.pool, "--concurrency", str(config.concurrency), "--loglevel", "WARNING",
+            # As deploy runs the upload worker (deploy/Procfile): two messages per thread at hand.
+            "--prefetch-multiplier", str(UPLOAD_PREFETCH_MULTIPLIER),
             "-Q", queues, "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]
         workers.append(start_celery(f"celery worker {tag}{i}", argv, log, f"{tag}{i}-{os.getpid()}"))

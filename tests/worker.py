@@ -55,7 +55,7 @@ WORKER_ENV = {
 
 #: How deploy runs its two workers (deploy/Procfile, deploy/compose.yaml, Procfile.dev): uploads on the
 #: threads pool, every other task on the default queue on a prefork pool (docs/architecture.md §4).
-UPLOADS_WORKER_ARGS = ("--pool", "threads", "-Q", "uploads")
+UPLOADS_WORKER_ARGS = ("--pool", "threads", "--prefetch-multiplier", "2", "-Q", "uploads")
 JOBS_WORKER_ARGS = ("--pool", "prefork", "-Q", "celery")
 #: Every queue a worker of the tests consumes, purged before a worker starts.
 QUEUES = ("uploads", "celery")
