@@ -322,7 +322,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message per pool slot for the jobs worker (a long job must not hold a short one back). The upload
 # worker runs with `--prefetch-multiplier 2` (deploy/Procfile): the next message is already at hand when
 # a thread finishes, instead of a broker round trip later (6.3 -> 2.8 ms from one result to the next
-# claim on a thread; two clients 0.80 -> 0.87 x a direct loop, bench --quick). A killed worker's
+# claim on a thread in one bench --quick; over full runs, a median of 3 each, the drain went 0.48 ->
+# 0.51 x a direct loop and two clients stayed at 0.77). A killed worker's
 # reserved messages come back through the broker's visibility timeout or the sweeper (2 minutes).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Enforced by the prefork pool only: a threads pool cannot stop a thread, and ignores both. Uploads are
