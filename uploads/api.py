@@ -75,7 +75,7 @@ class UploadSerializer(serializers.ModelSerializer):
     ))
 
     def to_representation(self, instance: Upload) -> dict:
-        # The same JSON as the fields above describe (tests/test_upload_representation.py holds them equal),
+        # The same JSON as the fields above describe (tests/test_upload_cost.py holds them equal),
         # built by hand: lists, details, the 202 and webhook events all answer with it.
         return upload_json(instance)
 

@@ -1,7 +1,7 @@
 """An upload as its tenant sees it (the API's answers and the webhooks' `data`), built by hand.
 
 The same JSON as the field-by-field UploadSerializer of uploads/api.py, which stays the schema's
-description of it (OpenAPI) and is checked against this function in tests/test_upload_representation.py.
+description of it (OpenAPI) and is checked against this function in tests/test_upload_cost.py.
 Building the dict directly costs a few microseconds; the serializer's field machinery cost about 1 ms
 per upload on the accept path and again in the webhook event (docs/architecture.md §7, "Cost").
 """
@@ -31,13 +31,13 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values or []]
 
 
-def upload_json(upload: Upload, *, authorizer_appid: str | None = None) -> dict:
-    """The upload's representation; `authorizer_appid` saves loading its authorizer when the caller knows it."""
+def upload_json(upload: Upload) -> dict:
+    """The upload's representation (its authorizer loaded)."""
     reused_from = upload.reused_from_id
     return {
         "id": str(upload.pk),
         "status": upload.status,
-        "authorizer_appid": authorizer_appid if authorizer_appid is not None else upload.authorizer.appid,
+        "authorizer_appid": upload.authorizer.appid,
         "url": upload.url,
         "errcode": upload.errcode,
         "errmsg": without_addresses(upload.errmsg),

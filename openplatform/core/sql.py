@@ -11,8 +11,10 @@ docs/architecture.md §7, "Cost".
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import psycopg
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import JSONField, Model
 
 
@@ -49,6 +51,13 @@ def execute(sql: str, params, *, rows: bool = True, binary: bool = False) -> lis
     with connection._prepare_cursor(raw) as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if rows else []
+
+
+def savepoint_if_in_transaction():
+    """Around a statement that may fail (a unique key, a dropped connection): a savepoint when a caller's
+    transaction is open, so the failure does not leave that transaction unusable; in autocommit the
+    statement is atomic by itself and needs nothing."""
+    return transaction.atomic() if connection.in_atomic_block else nullcontext()
 
 
 def quote(name: str) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from openplatform.core.queueing import enqueue_on_commit
+from openplatform.core.sql import savepoint_if_in_transaction
 from tenants.models import Authorizer, Tenant, TenantAPIKey
 from tenants.selectors import authorizer_get
 from uploads.errors import IdempotencyConflict, UnknownAuthorizer
@@ -59,9 +60,7 @@ def _authorizer_and_original(*, tenant: Tenant, appid: str, sha256: str,
     if pg.available():  # one query (uploads/services/pg.py)
         authorizer, found = pg.authorizer_and_reusable(tenant_id=tenant.pk, appid=appid, sha256=sha256,
                                                        since=dedupe_since() if dedupe else None)
-        if authorizer is None or found is None or not authorizer.can_upload_images:
-            return authorizer, None
-        return authorizer, Reusable(upload_id=found.root_id or found.upload_id, url=found.url)
+        return authorizer, found if authorizer is not None and authorizer.can_upload_images else None
     authorizer = authorizer_get(tenant=tenant, appid=appid)
     if authorizer is None or not dedupe:
         return authorizer, None
@@ -72,10 +71,7 @@ def _insert_with_bytes(upload: Upload, data: bytes) -> None:
     """The record and its bytes in one statement; the task is sent once they are committed."""
     from uploads.tasks import upload_image
 
-    if connection.in_atomic_block:  # a savepoint, so an IntegrityError leaves the caller's transaction usable
-        with transaction.atomic():
-            pg.upload_insert_with_bytes(upload, data)
-    else:
+    with savepoint_if_in_transaction():  # an IntegrityError leaves a caller's transaction usable
         pg.upload_insert_with_bytes(upload, data)
     enqueue_on_commit(upload_image, str(upload.pk))
 

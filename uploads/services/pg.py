@@ -30,6 +30,7 @@ from openplatform.core import sql
 from openplatform.core.sql import build, columns, execute, quote, width
 from tenants.models import Authorizer
 from uploads.models import Upload, UploadAttempt, UploadBlob
+from uploads.services.dedupe import Reusable
 
 
 def available() -> bool:
@@ -46,16 +47,10 @@ _REUSABLE = """
     ) r ON TRUE"""
 
 
-@dataclass(frozen=True)
-class Reusable:
-    upload_id: uuid.UUID
-    root_id: uuid.UUID | None
-    url: str
-
-
 def _reusable(row_tail) -> Reusable | None:
+    """The earlier upload's URL and the first upload of these bytes (followed through its own reuse)."""
     pk, root, url = row_tail
-    return Reusable(pk, root, url) if pk is not None else None
+    return Reusable(upload_id=root or pk, url=url) if pk is not None else None
 
 
 # -- accept ------------------------------------------------------------------------------------------------

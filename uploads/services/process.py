@@ -28,6 +28,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from openplatform.component.config import wechat_client
+from openplatform.core.sql import savepoint_if_in_transaction
 from openplatform.core.tokens import TokenRefreshPending
 from openplatform.wechat.client import RetryPolicy
 from openplatform.wechat.errors import (
@@ -162,10 +163,8 @@ def _save_if_still_ours(run: _Run, fields: dict) -> bool:
 
 def _write_if_still_ours(run: _Run, values: dict) -> int:
     if pg.available():
-        if connection.in_atomic_block:  # a caller's transaction (tests, the admin): a savepoint around it
-            with transaction.atomic():
-                return _write_in_one_statement(run, values)
-        return _write_in_one_statement(run, values)
+        with savepoint_if_in_transaction():  # a caller's transaction (tests, the admin) stays usable
+            return _write_in_one_statement(run, values)
     pending = list(run.pending)
     try:
         with transaction.atomic():
@@ -189,7 +188,7 @@ def _write_in_one_statement(run: _Run, values: dict) -> int:
     upload = run.upload
     event = None
     if values.get("status") in Upload.FINAL_STATUSES:
-        event = (EVENT_TYPES[values["status"]], upload_json(upload, authorizer_appid=upload.authorizer.appid))
+        event = (EVENT_TYPES[values["status"]], upload_json(upload))
     written, to_dispatch = pg.upload_result_write(upload=upload, lease_until=run.lease_until, values=values,
                                                   attempts=run.pending, event=event, now=timezone.now())
     if written:
@@ -242,9 +241,10 @@ def _claim_and_load(upload_id) -> tuple[_Run, bool] | None:
                                   since=dedupe_since())
         if claimed is None:
             return None
+        # What with_reusable() annotates, the first upload of the bytes already resolved.
         upload, reusable = claimed.upload, claimed.reusable
         upload.reusable_id = reusable.upload_id if reusable else None
-        upload.reusable_root_id = reusable.root_id if reusable else None
+        upload.reusable_root_id = None
         upload.reusable_url = reusable.url if reusable else None
         return _Run(upload, lease_until=upload.lease_until, data=claimed.data), claimed.took_over
     claim = _claim(upload_id)

@@ -41,8 +41,6 @@ def webhook_event_record(*, tenant_id: int | None, type: str, data: dict) -> Web
 
 def webhook_events_record(*, tenant_id: int, events: Sequence[tuple[str, dict]]) -> list[WebhookEvent]:
     """Several events of one tenant in one INSERT; each is dispatched after commit."""
-    from webhooks.tasks import dispatch_webhook_event
-
     unknown = {t for t, _ in events if t not in EVENT_TYPES}
     if unknown:
         raise ValueError(f"unknown webhook event type(s): {sorted(unknown)}")
@@ -53,7 +51,7 @@ def webhook_events_record(*, tenant_id: int, events: Sequence[tuple[str, dict]])
         WebhookEvent(tenant_id=tenant_id, type=t, data=data, created_at=now) for t, data in events
     )
     for event in rows:
-        enqueue_on_commit(dispatch_webhook_event, str(event.pk))
+        webhook_event_dispatch_enqueue(event.pk)
     return rows
 
 
