@@ -4,6 +4,9 @@ import os
 
 from celery import Celery, signals
 
+from openplatform.core import broker
+
+broker.install()  # kombu's Redis transport with one client per channel (openplatform/core/broker.py)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "openplatform.settings")
 
 app = Celery("openplatform")

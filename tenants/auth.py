@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import SimpleRateThrottle
 
 from openplatform.core import sql
-from openplatform.core.http import client_address, window_hits
+from openplatform.core.http import client_address, window_hits, window_hits_many
 from tenants.models import Tenant, TenantAPIKey
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def _key_with_tenant(prefix: str) -> TenantAPIKey | None:
     on PostgreSQL (openplatform/core/sql.py), the ORM elsewhere."""
     if not sql.available():
         return TenantAPIKey.objects.select_related("tenant").filter(prefix=prefix).first()
-    rows = sql.execute(_key_sql(), {"prefix": prefix})
+    rows = sql.execute(_key_sql(), {"prefix": prefix}, health_check=True)  # the request's first statement
     if not rows:
         return None
     n = sql.width(TenantAPIKey)
@@ -142,8 +142,27 @@ class _WindowRateThrottle(SimpleRateThrottle):
         self.key = self.get_cache_key(request, view)
         if self.key is None:
             return True
-        hits, self._wait = window_hits(self.key, window=self.duration)
+        hits, self._wait = self._counted(request, view)
         return hits <= self.num_requests
+
+    def _counted(self, request, view) -> tuple[int, float]:
+        """This throttle's count for the request. The first of the view's window throttles to be asked
+        counts the request in all of them, in one round trip (window_hits_many), as DRF asks every
+        throttle of a view in turn; the others read their count from the request."""
+        counted = getattr(request, "_window_throttle_counts", None)
+        if counted is None or (self.key, self.duration) not in counted:
+            throttles = [self]
+            if view is not None and hasattr(view, "get_throttles"):
+                throttles += [t for t in view.get_throttles() if isinstance(t, _WindowRateThrottle)
+                              and type(t) is not type(self) and t.rate is not None]
+            counters = []
+            for throttle in throttles:
+                key = self.key if throttle is self else throttle.get_cache_key(request, view)
+                if key is not None and (key, throttle.duration) not in counters:
+                    counters.append((key, throttle.duration))
+            counted = dict(zip(counters, window_hits_many(counters), strict=True))
+            request._window_throttle_counts = counted
+        return counted.pop((self.key, self.duration))
 
     def wait(self) -> float:
         return self._wait

@@ -576,3 +576,34 @@ def test_admin_action_token_leaked_says_what_it_can_and_cannot_do(admin_client, 
     assert response.status_code == 200
     assert b"cannot cut the previous token off" in response.content  # component mode: it lapses on its own
     assert Authorizer.objects.get(pk=authorizer.pk).token_generation == before + 1
+
+
+@pytest.mark.redis
+def test_a_request_counts_its_key_and_its_tenant_in_one_round_trip(tenant, settings, monkeypatch):
+    import os
+    import uuid
+
+    import redis
+
+    from tenants.auth import APIKeyRateThrottle, TenantRateThrottle
+
+    settings.CACHES = {"default": {"BACKEND": "openplatform.core.cache.RedisCache",
+                                   "LOCATION": os.environ["TEST_REDIS_URL"], "KEY_PREFIX": uuid.uuid4().hex}}
+    monkeypatch.setattr(APIKeyRateThrottle, "THROTTLE_RATES", {"api_key": "2/min"})
+    monkeypatch.setattr(TenantRateThrottle, "THROTTLE_RATES", {"tenant": "3/min"})
+    executed = []
+    real_execute = redis.client.Pipeline.execute
+
+    def execute(pipe, *args, **kwargs):
+        executed.append([c[0][0] for c in pipe.command_stack])
+        return real_execute(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    busy, other = (key_client(api_key_create(tenant=tenant)[1]) for _ in range(2))
+
+    # each request: one MULTI with both counters (the failed-key counter is a plain read before it)
+    statuses = [busy.get(AUTHORIZERS_URL).status_code for _ in range(3)]
+    assert executed == [["INCRBY", "EXPIRE", "INCRBY", "EXPIRE"]] * 3
+    # the key's own limit (2), then the tenant's (3 in all): each counted once per request, as before
+    assert statuses == [200, 200, 429]
+    assert other.get(AUTHORIZERS_URL).status_code == 429

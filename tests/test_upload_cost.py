@@ -8,10 +8,11 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework import serializers
@@ -271,3 +272,82 @@ def test_json_bytes_escapes_what_drf_escapes():
     assert json_bytes(data) == JSONRenderer().render(data)
     assert json.loads(json_bytes(data)) == data
     assert hashlib.sha256(json_bytes(data)).digest()  # bytes, ready for the response
+
+
+# -- the first statement as the connection's health check ---------------------------------------------------------
+
+
+def _start_of_a_request() -> None:
+    """What Django does when a request (or, with openplatform/celery.py, a task) starts."""
+    from django.db import close_old_connections
+
+    close_old_connections()
+    assert connection.connection is not None and connection.health_check_done is False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reused_connection_is_checked_by_its_first_statement_not_by_a_select_1(tenant, monkeypatch):
+    from tenants.auth import _key_with_tenant
+    from tenants.services.keys import api_key_create
+
+    api_key_obj, _raw = api_key_create(tenant=tenant, name="test")
+    connection.ensure_connection()
+    _start_of_a_request()
+    checks = []
+    monkeypatch.setattr(connections["default"], "is_usable", lambda: checks.append(1) or True)
+
+    assert _key_with_tenant(api_key_obj.prefix).pk == api_key_obj.pk
+    assert checks == [] and connection.health_check_done is True
+    pg.upload_claim(upload_id=uuid.uuid4(), now=timezone.now(), lease_until=timezone.now(), since=None)
+    assert checks == []  # checked once per request, by the first statement
+
+    _start_of_a_request()
+    with connection.cursor() as cursor:  # any other first use still gets Django's SELECT 1
+        cursor.execute("SELECT 1")
+    assert checks == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_that_died_while_idle_is_replaced_and_the_first_statement_still_answers(tenant):
+    import psycopg
+
+    from tenants.auth import _key_with_tenant
+    from tenants.services.keys import api_key_create
+
+    api_key_obj, _raw = api_key_create(tenant=tenant, name="test")
+    connection.ensure_connection()
+    before = connection.connection.info.backend_pid
+    _start_of_a_request()
+    dsn = connection.connection.info.dsn
+    with psycopg.connect(dsn, autocommit=True) as other:  # as a restarted server or a failover would
+        other.execute("SELECT pg_terminate_backend(%s)", [before])
+
+    assert _key_with_tenant(api_key_obj.prefix).pk == api_key_obj.pk
+    assert connection.connection.info.backend_pid != before
+    assert connection.health_check_done is True
+
+
+def test_the_broker_channel_builds_one_redis_client_per_pool():
+    import os
+
+    from kombu import Connection
+
+    from openplatform.core import broker
+
+    broker.install()
+    with Connection(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")) as conn:
+        channel = conn.default_channel
+        assert isinstance(channel, broker.Channel)
+        client = channel._create_client()
+        assert channel._create_client() is client  # publish, delivery bookkeeping and ack share it
+        assert client.connection_pool is channel.pool
+        channel._disconnect_pools()  # as after a fork or a reconnect: the next client is the new pool's
+        assert channel._create_client() is not client
+        assert channel._create_client().connection_pool is channel.pool
+        assert channel._create_client(asynchronous=True) is not channel._create_client()
+        producer = conn.Producer()
+        producer.publish({"n": 1}, routing_key="test-broker-channel", declare=[conn.SimpleQueue("test-broker-channel").queue])
+        with conn.SimpleQueue("test-broker-channel") as queue:
+            message = queue.get(timeout=5)
+            assert message.payload == {"n": 1}
+            message.ack()

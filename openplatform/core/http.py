@@ -35,25 +35,39 @@ def window_hits(key: str, *, window: int, add: int = 1) -> tuple[int, float]:
     now = time.time()
     bucket = f"{key}:{int(now // window)}"
     left = window - (now % window)
+    if add:
+        return window_hits_many([(key, window)], add=add)[0]
     redis_client = _redis_client()
     if redis_client is not None:
-        name = cache.make_and_validate_key(bucket)
-        if not add:
-            return int(redis_client.get(name) or 0), left
+        return int(redis_client.get(cache.make_and_validate_key(bucket)) or 0), left
+    return int(cache.get(bucket) or 0), left
+
+
+def window_hits_many(counters: list[tuple[str, int]], *, add: int = 1) -> list[tuple[int, float]]:
+    """`window_hits` for several (key, window) counters at once: on Redis, all of them in one MULTI (one
+    round trip for a request's per-key and per-tenant throttles)."""
+    now = time.time()
+    buckets = [(f"{key}:{int(now // window)}", window, window - (now % window)) for key, window in counters]
+    redis_client = _redis_client()
+    if redis_client is not None:
         pipe = redis_client.pipeline(transaction=True)
-        pipe.incrby(name, add)
-        pipe.expire(name, window + 1, nx=True)
-        hits, _ = pipe.execute()
-        return int(hits), left
-    if not add:
-        return int(cache.get(bucket) or 0), left
+        for bucket, window, _left in buckets:
+            name = cache.make_and_validate_key(bucket)
+            pipe.incrby(name, add)
+            pipe.expire(name, window + 1, nx=True)
+        replies = pipe.execute()
+        return [(int(replies[2 * i]), left) for i, (_b, _w, left) in enumerate(buckets)]
+    return [(_locmem_hits(bucket, window, add), left) for bucket, window, left in buckets]
+
+
+def _locmem_hits(bucket: str, window: int, add: int) -> int:
     for _ in range(2):
         cache.add(bucket, 0, timeout=window + 1)
         try:
-            return int(cache.incr(bucket, add)), left
+            return int(cache.incr(bucket, add))
         except ValueError:  # expired between add() and incr(): start it again
             continue
-    return add, left
+    return add
 
 
 def _redis_client():

@@ -12,9 +12,10 @@ docs/architecture.md §7, "Cost".
 from __future__ import annotations
 
 from contextlib import nullcontext
+from functools import cache
 
 import psycopg
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import JSONField, Model
 
 
@@ -34,14 +35,39 @@ class _Cursor(psycopg.Cursor):
                                binary=self.binary_default if binary is None else binary)
 
 
-def execute(sql: str, params, *, rows: bool = True, binary: bool = False) -> list[tuple]:
+def execute(sql: str, params, *, rows: bool = True, binary: bool = False, health_check: bool = False) -> list[tuple]:
     """Run one statement through Django's cursor wrapper (error translation, query log) around a
     server-side-binding psycopg cursor on Django's connection; its rows (`rows=False`: one that returns none).
 
     `binary`: results in PostgreSQL's binary format (a bytea arrives as its bytes, not as hex text the
     server writes and the client parses; jsonb arrives decoded).
+
+    `health_check`: this statement, the first of a request or a task, is also the reused connection's
+    health check (CONN_HEALTH_CHECKS), instead of a `SELECT 1` round trip before it. If the connection
+    died while idle (a server restart, a failover, a terminated backend), the statement fails; the
+    connection is replaced and the statement runs once more. Only for statements that are safe to run a
+    second time: a read, or the upload claim (a second run finds the first one's lease).
     """
+    if health_check and _health_check_pending():
+        try:
+            result = _execute(sql, params, rows=rows, binary=binary)
+        except (OperationalError, InterfaceError):
+            connection.close()
+            result = _execute(sql, params, rows=rows, binary=binary)
+        connection.health_check_done = True
+        return result
     connection.close_if_health_check_failed()
+    return _execute(sql, params, rows=rows, binary=binary)
+
+
+def _health_check_pending() -> bool:
+    """Whether Django would health-check the connection before its next use (and no caller's transaction,
+    which a new connection would lose, is open)."""
+    return (connection.connection is not None and connection.health_check_enabled
+            and not connection.health_check_done and not connection.in_atomic_block)
+
+
+def _execute(sql: str, params, *, rows: bool, binary: bool) -> list[tuple]:
     connection.ensure_connection()
     raw = _Cursor(connection.connection)
     # Not behind a transaction-mode pooler (DATABASE_TRANSACTION_POOLING), where a prepared statement
@@ -60,6 +86,7 @@ def savepoint_if_in_transaction():
     return transaction.atomic() if connection.in_atomic_block else nullcontext()
 
 
+@cache
 def quote(name: str) -> str:
     return connection.ops.quote_name(name)
 

@@ -138,7 +138,8 @@ def upload_claim(*, upload_id, now: datetime, lease_until: datetime, since: date
     """Claim a due upload (or one whose lease ran out) and load it, its authorizer, bytes and a reusable
     earlier upload: one statement. None when it is not this run's to take."""
     rows = execute(_claim_sql(), {"id": upload_id, "now": now, "lease": lease_until,
-                                   "dedupe": since is not None, "since": since or datetime.max}, binary=True)
+                                   "dedupe": since is not None, "since": since or datetime.max}, binary=True,
+                   health_check=True)  # the task's first statement; safe to run twice (sql.execute)
     if not rows:
         return None
     row = rows[0]
