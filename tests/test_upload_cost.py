@@ -351,3 +351,59 @@ def test_the_broker_channel_builds_one_redis_client_per_pool():
             message = queue.get(timeout=5)
             assert message.payload == {"n": 1}
             message.ack()
+
+
+# -- the accept path's one statement -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_one_statement_finds_the_authorizer_and_inserts_only_when_nothing_is_to_be_reused(
+    authorizer, make_authorizer, make_tenant, make_upload
+):
+    from uploads.services.dedupe import dedupe_since
+
+    def new_upload(sha256: str) -> Upload:
+        return Upload(tenant=authorizer.tenant, sha256=sha256, size=3, original_size=3, content_type="image/png",
+                      width=1, height=1, request_fingerprint="f", next_attempt_at=timezone.now())
+
+    data = image_bytes("PNG", color=(9, 8, 7))
+    sha = hashlib.sha256(data).hexdigest()
+    # another tenant's appid: nothing found, nothing inserted
+    elsewhere = make_authorizer(make_tenant("globex"))
+    upload = new_upload(sha)
+    assert pg.upload_insert_for_appid(upload, data, appid=elsewhere.appid, since=dedupe_since()) == (None, None, False)
+    assert not Upload.objects.filter(pk=upload.pk).exists()
+
+    # new bytes: the record (for the authorizer found) and its bytes
+    found, reusable, inserted = pg.upload_insert_for_appid(upload, data, appid=authorizer.appid, since=dedupe_since())
+    assert (found.pk, reusable, inserted) == (authorizer.pk, None, True)
+    stored = Upload.objects.get(pk=upload.pk)
+    assert stored.authorizer_id == authorizer.pk and upload.authorizer.pk == authorizer.pk
+    assert bytes(UploadBlob.objects.get(upload_id=upload.pk).data) == data
+
+    # bytes that already succeeded for the account: found, not inserted (the caller records the reuse)
+    Upload.objects.filter(pk=upload.pk).update(status=Upload.Status.SUCCEEDED, url="http://mmbiz/x",
+                                               finished_at=timezone.now())
+    again = new_upload(sha)
+    found, reusable, inserted = pg.upload_insert_for_appid(again, data, appid=authorizer.appid, since=dedupe_since())
+    assert (found.pk, reusable.upload_id, reusable.url, inserted) == (authorizer.pk, upload.pk, "http://mmbiz/x", False)
+    assert not Upload.objects.filter(pk=again.pk).exists()
+    # with deduplication off, the same bytes are a new upload
+    assert pg.upload_insert_for_appid(again, data, appid=authorizer.appid, since=None)[2] is True
+
+
+@pytest.mark.django_db
+def test_an_account_that_lost_its_permissions_gets_a_new_upload_not_an_old_url(api_client, authorizer, component):
+    data = image_bytes("PNG", color=(7, 7, 7))
+    first = api_client.post("/api/v1/uploads/", {"media": media_file(data), "authorizer_appid": authorizer.appid},
+                            format="multipart").json()
+    Upload.objects.filter(pk=first["id"]).update(status=Upload.Status.SUCCEEDED, url="http://mmbiz/old",
+                                                 finished_at=timezone.now())
+    Authorizer.objects.filter(pk=authorizer.pk).update(func_info=[2, 3])  # none of uploadimg's sets
+
+    second = api_client.post("/api/v1/uploads/", {"media": media_file(data), "authorizer_appid": authorizer.appid},
+                             format="multipart")
+
+    assert second.status_code == 202 and second.json()["status"] == "queued" and second.json()["reused_from"] is None
+    assert UploadBlob.objects.filter(upload_id=second.json()["id"]).exists()
+    assert upload_process(upload_id=second.json()["id"]).status == Upload.Status.REJECTED

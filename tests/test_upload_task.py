@@ -616,9 +616,10 @@ def test_accept_path_runs_a_fixed_number_of_queries(
         make_authorizer(tenant)
     bulk_uploads(authorizer, 200)
     bulk_uploads(make_authorizer(other), 200)
-    # The API key; the authorizer with a reusable earlier upload; the upload and its bytes in one INSERT
-    # (in this test's transaction inside a savepoint: SAVEPOINT and RELEASE are the other two).
-    with django_assert_max_num_queries(5):
+    # The API key; then one statement finds the authorizer (and a reusable earlier upload) and INSERTs the
+    # upload and its bytes (in this test's transaction inside a savepoint: SAVEPOINT and RELEASE are the
+    # other two).
+    with django_assert_max_num_queries(4):
         large = _count_queries(accept)
     large_keyed = _count_queries(lambda: accept("k2"))
 

@@ -57,23 +57,35 @@ def _replay(*, tenant: Tenant, idempotency_key: str, fingerprint: str) -> Accept
 def _authorizer_and_original(*, tenant: Tenant, appid: str, sha256: str,
                              dedupe: bool) -> tuple[Authorizer | None, Reusable | None]:
     """The tenant's authorizer with `appid`, and (with `dedupe`) an earlier upload of these bytes to reuse."""
-    if pg.available():  # one query (uploads/services/pg.py)
-        authorizer, found = pg.authorizer_and_reusable(tenant_id=tenant.pk, appid=appid, sha256=sha256,
-                                                       since=dedupe_since() if dedupe else None)
-        return authorizer, found if authorizer is not None and authorizer.can_upload_images else None
     authorizer = authorizer_get(tenant=tenant, appid=appid)
     if authorizer is None or not dedupe:
         return authorizer, None
     return authorizer, upload_reusable_find(authorizer=authorizer, tenant_id=tenant.pk, sha256=sha256)
 
 
-def _insert_with_bytes(upload: Upload, data: bytes) -> None:
-    """The record and its bytes in one statement; the task is sent once they are committed."""
+def _enqueue(upload: Upload) -> None:
+    """The task is sent once the record and its bytes are committed."""
     from uploads.tasks import upload_image
 
-    with savepoint_if_in_transaction():  # an IntegrityError leaves a caller's transaction usable
-        pg.upload_insert_with_bytes(upload, data)
     enqueue_on_commit(upload_image, str(upload.pk))
+
+
+def _insert_for_appid(upload: Upload, data: bytes, *, appid: str,
+                      dedupe: bool) -> tuple[Authorizer | None, Reusable | None, bool]:
+    """PostgreSQL: the authorizer, the dedupe lookup and (when nothing is to be reused) the record and its
+    bytes, in one statement (uploads/services/pg.py)."""
+    with savepoint_if_in_transaction():  # an IntegrityError leaves a caller's transaction usable
+        found = pg.upload_insert_for_appid(upload, data, appid=appid, since=dedupe_since() if dedupe else None)
+    if found[2]:
+        _enqueue(upload)
+    return found
+
+
+def _insert_with_bytes(upload: Upload, data: bytes) -> None:
+    """The record and its bytes in one statement."""
+    with savepoint_if_in_transaction():
+        pg.upload_insert_with_bytes(upload, data)
+    _enqueue(upload)
 
 
 def upload_create(
@@ -100,13 +112,8 @@ def upload_create(
     if not authorizer_appid:
         raise UnknownAuthorizer()
     image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
-    authorizer, original = _authorizer_and_original(tenant=tenant, appid=authorizer_appid, sha256=image.sha256,
-                                                    dedupe=dedupe)
-    if authorizer is None:
-        raise UnknownAuthorizer()  # the same answer whether the appid is another tenant's or nobody's
-    upload = Upload(
+    upload = Upload(  # its authorizer is the tenant's with `authorizer_appid`, found below
         tenant=tenant,
-        authorizer=authorizer,
         requested_by=requested_by,
         api_key=api_key,
         admin_user=admin_user,
@@ -122,9 +129,23 @@ def upload_create(
         next_attempt_at=timezone.now(),
         dedupe=dedupe,
     )
-    if original is not None:
-        upload_reuse_apply(upload=upload, original=original, authorizer=authorizer)
     try:
+        if pg.available():  # usually all of it in one statement
+            authorizer, original, inserted = _insert_for_appid(upload, image.data, appid=authorizer_appid,
+                                                               dedupe=dedupe)
+            if inserted:
+                return Accepted(upload)
+            # Not inserted: an unknown appid, or an earlier upload of these bytes, reused below unless the
+            # account can no longer upload images (the task then rejects the new upload with the reason).
+            original = original if authorizer is not None and authorizer.can_upload_images else None
+        else:
+            authorizer, original = _authorizer_and_original(tenant=tenant, appid=authorizer_appid,
+                                                            sha256=image.sha256, dedupe=dedupe)
+        if authorizer is None:
+            raise UnknownAuthorizer()  # the same answer whether the appid is another tenant's or nobody's
+        upload.authorizer = authorizer
+        if original is not None:
+            upload_reuse_apply(upload=upload, original=original, authorizer=authorizer)
         if original is None and pg.available():
             _insert_with_bytes(upload, image.data)
             return Accepted(upload)
@@ -134,9 +155,7 @@ def upload_create(
                 upload_reuse_record(upload=upload)
                 return Accepted(upload)
             UploadBlob.objects.create(upload=upload, data=image.data)
-            from uploads.tasks import upload_image
-
-            enqueue_on_commit(upload_image, str(upload.pk))
+            _enqueue(upload)
     except IntegrityError:
         # A concurrent request with the same Idempotency-Key won the race.
         if idempotency_key:

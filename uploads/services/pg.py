@@ -1,8 +1,8 @@
 """The upload path's statements on PostgreSQL: one round trip for each step (docs/architecture.md §7, "Cost").
 
-- accept: the authorizer and a reusable earlier upload of the same bytes in one SELECT; the upload row
-  and its bytes in one INSERT (a data-modifying CTE), the bytes sent as a binary parameter, not as a
-  hex-escaped literal twice their size;
+- accept: one statement finds the authorizer and a reusable earlier upload of the same bytes and, when
+  there is none, INSERTs the upload row and its bytes (data-modifying CTEs), the bytes sent as a binary
+  parameter, not as a hex-escaped literal twice their size;
 - task: the claim (a conditional UPDATE) returns the upload, its authorizer, its bytes and a reusable
   earlier upload; the result, its attempt rows and the webhook event are written by one statement
   that changes nothing unless this run still holds its lease (compare-and-set on `lease_until`).
@@ -57,27 +57,6 @@ def _reusable(row_tail) -> Reusable | None:
 
 
 @cache
-def _lookup_sql() -> str:
-    u, a = quote(Upload._meta.db_table), quote(Authorizer._meta.db_table)
-    reusable = _REUSABLE.format(upload=u, authorizer_id="a.id", tenant_id="%(tenant)s", sha256="%(sha256)s",
-                                not_itself="")
-    return (f"SELECT {columns(Authorizer, 'a')}, r.id, r.reused_from_id, r.url FROM {a} a {reusable} "
-            "WHERE a.tenant_id = %(tenant)s AND a.appid = %(appid)s ORDER BY a.appid, a.id LIMIT 1")
-
-
-def authorizer_and_reusable(*, tenant_id: int, appid: str, sha256: str,
-                            since: datetime | None) -> tuple[Authorizer | None, Reusable | None]:
-    """The tenant's authorizer with this appid, and the newest succeeded upload of these bytes to it since
-    `since` (None: deduplication off), in one query."""
-    rows = execute(_lookup_sql(), {"tenant": tenant_id, "appid": appid, "sha256": sha256,
-                                    "dedupe": since is not None, "since": since or datetime.max})
-    if not rows:
-        return None, None
-    n = width(Authorizer)
-    return build(Authorizer, rows[0][:n]), _reusable(rows[0][n:])
-
-
-@cache
 def _insert_sql() -> str:
     u, b = quote(Upload._meta.db_table), quote(UploadBlob._meta.db_table)
     fields = Upload._meta.concrete_fields
@@ -95,6 +74,45 @@ def upload_insert_with_bytes(upload: Upload, data: bytes) -> None:
     execute(_insert_sql(), params, rows=False)
     upload._state.adding = False
     upload._state.db = connection.alias
+
+
+@cache
+def _insert_for_appid_sql() -> str:
+    u, a, b = quote(Upload._meta.db_table), quote(Authorizer._meta.db_table), quote(UploadBlob._meta.db_table)
+    reusable = _REUSABLE.format(upload=u, authorizer_id="a.id", tenant_id="%(tenant)s", sha256="%(sha256)s",
+                                not_itself="")
+    fields = Upload._meta.concrete_fields
+    names = ", ".join(quote(f.column) for f in fields)
+    values = ", ".join("a.id" if f.attname == "authorizer_id" else f"%(f{i})s" for i, f in enumerate(fields))
+    return (f"WITH a AS (SELECT {columns(Authorizer, 'a')}, r.id AS r_id, r.reused_from_id AS r_root, r.url AS r_url "
+            f"FROM {a} a {reusable} WHERE a.tenant_id = %(tenant)s AND a.appid = %(appid)s "
+            "ORDER BY a.appid, a.id LIMIT 1), "
+            f"u AS (INSERT INTO {u} ({names}) SELECT {values} FROM a WHERE a.r_id IS NULL RETURNING {quote('id')}), "
+            f"bl AS (INSERT INTO {b} ({quote('upload_id')}, {quote('data')}) SELECT u.{quote('id')}, %(data)s FROM u) "
+            "SELECT a.*, (SELECT count(*) FROM u) FROM a")
+
+
+def upload_insert_for_appid(upload: Upload, data: bytes, *, appid: str,
+                            since: datetime | None) -> tuple[Authorizer | None, Reusable | None, bool]:
+    """The accept path in one statement: find the tenant's authorizer with `appid` and the newest succeeded
+    upload of these bytes to it since `since` (None: deduplication off); when there is no such upload,
+    INSERT `upload` for that authorizer, with its bytes. Returns (authorizer, reusable, inserted): nothing
+    is inserted for an unknown appid or when a reusable upload was found (the caller decides then).
+    Raises IntegrityError as save() would (a concurrent request with the same Idempotency-Key)."""
+    params = {f"f{i}": f.get_db_prep_save(f.pre_save(upload, True), connection)
+              for i, f in enumerate(Upload._meta.concrete_fields) if f.attname != "authorizer_id"}
+    params.update(tenant=upload.tenant_id, appid=appid, sha256=upload.sha256, data=data,
+                  dedupe=since is not None, since=since or datetime.max)
+    rows = execute(_insert_for_appid_sql(), params)
+    if not rows:
+        return None, None, False
+    n = width(Authorizer)
+    authorizer, found, inserted = build(Authorizer, rows[0][:n]), _reusable(rows[0][n : n + 3]), bool(rows[0][n + 3])
+    upload.authorizer = authorizer
+    if inserted:
+        upload._state.adding = False
+        upload._state.db = connection.alias
+    return authorizer, found, inserted
 
 
 # -- task --------------------------------------------------------------------------------------------------
