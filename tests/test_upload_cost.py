@@ -407,3 +407,22 @@ def test_an_account_that_lost_its_permissions_gets_a_new_upload_not_an_old_url(a
     assert second.status_code == 202 and second.json()["status"] == "queued" and second.json()["reused_from"] is None
     assert UploadBlob.objects.filter(upload_id=second.json()["id"]).exists()
     assert upload_process(upload_id=second.json()["id"]).status == Upload.Status.REJECTED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_is_sent_with_the_reprs_celery_would_have_made(authorizer, component, make_upload):
+    from celery.signals import before_task_publish
+    from celery.utils.saferepr import saferepr
+
+    seen = []
+
+    def record(sender=None, body=None, headers=None, **kwargs) -> None:
+        seen.append((list(body[0]), headers["argsrepr"], headers["kwargsrepr"]))
+
+    before_task_publish.connect(record, weak=False)
+    try:
+        upload = make_upload(authorizer)
+    finally:
+        before_task_publish.disconnect(record)
+
+    assert seen == [([str(upload.pk)], saferepr((str(upload.pk),)), saferepr({}))]

@@ -160,8 +160,11 @@ def _decode(data: bytes, content_type: str, *, for_fit: bool = False) -> tuple[I
             cost = _decode_cost(probe, data, content_type, scale)
             if cost > budget:
                 raise _refuse_dimensions(width, height, cost, budget)
-            probe.verify()  # structure and (for PNG) chunk CRCs
-            image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[content_type]])
+            if content_type == "image/png":
+                probe.verify()  # chunk CRCs; it leaves the file unusable, so it is opened again to decode
+                image = Image.open(io.BytesIO(data), formats=[_PIL_FORMAT[content_type]])
+            else:  # Pillow's verify() checks nothing in a JPEG: the decode below is the check
+                image = probe
             if scale > 1 and image.draft(image.mode, (max(1, width // scale), max(1, height // scale))) is None:
                 # Pillow could not scale this one: it decodes at full size, so that is what must fit.
                 cost = _decode_cost(image, data, content_type, 1)
