@@ -255,8 +255,9 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "(other processes, and time stolen by the hypervisor) as a share of one core. Over "
         f"{LOADED_CORES:.0%} of one core in either, the performance rows say \"no verdict (loaded machine)\"; "
         "counts, and whether every upload succeeded, are judged anyway.",
-        "- SQL counts are what Django logs (`BEGIN`/`COMMIT` included); the per-request and per-task "
-        "connection health check (`SELECT 1`, `CONN_HEALTH_CHECKS`) bypasses that log and is not counted.",
+        "- SQL counts are what Django logs (`BEGIN`/`COMMIT` included). The connection's health check "
+        "(`CONN_HEALTH_CHECKS`) is the first of these statements on the upload path "
+        "(`openplatform.core.sql.execute(health_check=True)`): no `SELECT 1` is sent before it.",
         "- The simulated day moves our clock and the simulator's in 240 s steps, runs the beat job's logic "
         "(`authorizer_ids_due_for_refresh` + `authorizers_refresh`) and, for each authorizer, the on-demand "
         "path of an upload followed by a real uploadimg call with that token. WeChat's clock stays a day ahead "

@@ -426,3 +426,49 @@ def test_the_task_is_sent_with_the_reprs_celery_would_have_made(authorizer, comp
         before_task_publish.disconnect(record)
 
     assert seen == [([str(upload.pk)], saferepr((str(upload.pk),)), saferepr({}))]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_upload_after_the_database_dropped_the_connection_is_accepted(api_client, authorizer, component):
+    import psycopg
+
+    connection.ensure_connection()
+    before = connection.connection.info.backend_pid
+    with psycopg.connect(connection.connection.info.dsn, autocommit=True) as other:  # a restart, a failover
+        other.execute("SELECT pg_terminate_backend(%s)", [before])
+    # What Django does when a request starts (its test client leaves it out around the requests it makes).
+    _start_of_a_request()
+
+    response = api_client.post("/api/v1/uploads/", {"media": media_file(image_bytes("PNG", color=(1, 9, 1))),
+                                                    "authorizer_appid": authorizer.appid}, format="multipart")
+
+    assert response.status_code == 202, response.content
+    assert connection.connection.info.backend_pid != before
+    assert UploadBlob.objects.filter(upload_id=response.json()["id"]).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_that_fails_on_a_live_connection_is_not_run_again(monkeypatch):
+    from django.db import OperationalError
+
+    from openplatform.core import sql
+
+    connection.ensure_connection()
+    _start_of_a_request()
+    before = connection.connection.info.backend_pid
+    runs = []
+    real = sql._execute
+
+    def failing(*args, **kwargs):
+        runs.append(1)
+        return real("SELECT pg_sleep(1)", {}, rows=True, binary=False)
+
+    monkeypatch.setattr(sql, "_execute", failing)
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = '50ms'")
+    _start_of_a_request()
+    with pytest.raises(OperationalError):  # canceled by the timeout: an error of the statement, not of the connection
+        sql.execute("SELECT 1", {}, health_check=True)
+    assert runs == [1] and connection.connection.info.backend_pid == before
+    with connection.cursor() as cursor:
+        cursor.execute("RESET statement_timeout")

@@ -52,6 +52,8 @@ def execute(sql: str, params, *, rows: bool = True, binary: bool = False, health
         try:
             result = _execute(sql, params, rows=rows, binary=binary)
         except (OperationalError, InterfaceError):
+            if connection.is_usable():
+                raise  # the connection is alive: the statement itself failed (a timeout, a lock)
             connection.close()
             result = _execute(sql, params, rows=rows, binary=binary)
         connection.health_check_done = True
