@@ -13,29 +13,23 @@ Installed for `redis://` and `rediss://` broker URLs by `install()` (openplatfor
 
 from __future__ import annotations
 
-import threading
-
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 
 class Channel(kombu_redis.Channel):
-    _shared_client = None
-    _shared_client_pool = None
-    _shared_client_lock = threading.Lock()
+    #: (the pool, the client over it): replaced as one tuple, so a thread sees a matching pair. Two threads
+    #: that build a client at once both get a working one; the last one built is kept.
+    _shared: tuple | None = None
 
     def _create_client(self, asynchronous=False):
         if asynchronous:  # the channel's own BRPOP/pub-sub connection: kombu caches it already
             return super()._create_client(asynchronous=True)
         pool = self.pool
-        client = self._shared_client
-        if client is None or self._shared_client_pool is not pool:
-            with self._shared_client_lock:
-                if self._shared_client is None or self._shared_client_pool is not pool:
-                    self._shared_client = super()._create_client()
-                    self._shared_client_pool = pool
-                client = self._shared_client
-        return client
+        shared = self._shared
+        if shared is None or shared[0] is not pool:
+            shared = self._shared = (pool, super()._create_client())
+        return shared[1]
 
 
 class Transport(kombu_redis.Transport):
