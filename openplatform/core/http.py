@@ -32,11 +32,11 @@ def window_hits(key: str, *, window: int, add: int = 1) -> tuple[int, float]:
     processes never lose a count, unlike a read-modify-write of a list. On Redis it is one round trip:
     INCRBY and EXPIRE NX in one MULTI (docs/architecture.md §7, "Cost").
     """
+    if add:
+        return window_hits_many([(key, window)], add=add)[0]
     now = time.time()
     bucket = f"{key}:{int(now // window)}"
     left = window - (now % window)
-    if add:
-        return window_hits_many([(key, window)], add=add)[0]
     redis_client = _redis_client()
     if redis_client is not None:
         return int(redis_client.get(cache.make_and_validate_key(bucket)) or 0), left

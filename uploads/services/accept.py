@@ -81,13 +81,6 @@ def _insert_for_appid(upload: Upload, data: bytes, *, appid: str,
     return found
 
 
-def _insert_with_bytes(upload: Upload, data: bytes) -> None:
-    """The record and its bytes in one statement."""
-    with savepoint_if_in_transaction():
-        pg.upload_insert_with_bytes(upload, data)
-    _enqueue(upload)
-
-
 def upload_create(
     *,
     tenant: Tenant,
@@ -146,10 +139,7 @@ def upload_create(
         upload.authorizer = authorizer
         if original is not None:
             upload_reuse_apply(upload=upload, original=original, authorizer=authorizer)
-        if original is None and pg.available():
-            _insert_with_bytes(upload, image.data)
-            return Accepted(upload)
-        with transaction.atomic():
+        with transaction.atomic():  # SQLite; on PostgreSQL only a reuse, or an account that cannot upload
             upload.save(force_insert=True)
             if original is not None:  # final already: no bytes kept, no task
                 upload_reuse_record(upload=upload)

@@ -57,26 +57,6 @@ def _reusable(row_tail) -> Reusable | None:
 
 
 @cache
-def _insert_sql() -> str:
-    u, b = quote(Upload._meta.db_table), quote(UploadBlob._meta.db_table)
-    fields = Upload._meta.concrete_fields
-    names = ", ".join(quote(f.column) for f in fields)
-    values = ", ".join(f"%(f{i})s" for i in range(len(fields)))
-    return (f"WITH u AS (INSERT INTO {u} ({names}) VALUES ({values}) RETURNING {quote('id')}) "
-            f"INSERT INTO {b} ({quote('upload_id')}, {quote('data')}) SELECT u.{quote('id')}, %(data)s FROM u")
-
-
-def upload_insert_with_bytes(upload: Upload, data: bytes) -> None:
-    """INSERT the new upload and its bytes in one statement (raises IntegrityError as save() would)."""
-    params = {f"f{i}": f.get_db_prep_save(f.pre_save(upload, True), connection)
-              for i, f in enumerate(Upload._meta.concrete_fields)}
-    params["data"] = data
-    execute(_insert_sql(), params, rows=False)
-    upload._state.adding = False
-    upload._state.db = connection.alias
-
-
-@cache
 def _insert_for_appid_sql() -> str:
     u, a, b = quote(Upload._meta.db_table), quote(Authorizer._meta.db_table), quote(UploadBlob._meta.db_table)
     reusable = _REUSABLE.format(upload=u, authorizer_id="a.id", tenant_id="%(tenant)s", sha256="%(sha256)s",
@@ -100,7 +80,7 @@ def upload_insert_for_appid(upload: Upload, data: bytes, *, appid: str,
     is inserted for an unknown appid or when a reusable upload was found (the caller decides then).
     Raises IntegrityError as save() would (a concurrent request with the same Idempotency-Key)."""
     params = {f"f{i}": f.get_db_prep_save(f.pre_save(upload, True), connection)
-              for i, f in enumerate(Upload._meta.concrete_fields) if f.attname != "authorizer_id"}
+              for i, f in enumerate(Upload._meta.concrete_fields) if f.attname != "authorizer_id"}  # a.id
     params.update(tenant=upload.tenant_id, appid=appid, sha256=upload.sha256, data=data,
                   dedupe=since is not None, since=since or datetime.max)
     rows = execute(_insert_for_appid_sql(), params)
