@@ -14,7 +14,7 @@ the WeChat call and the result's write (the medians).
 Smaller and faster to repeat than `make bench`, so two versions of the code can be alternated (run it
 from each tree's root) when the machine's speed drifts. It needs PostgreSQL and Redis as `make bench`
 does, and owns database `openplatform_inprocess` (dropped and recreated) and Redis db 13 (flushed).
-Like every benchmark, it means something only on a quiet machine.
+Like every benchmark, it means something only on a quiet machine: it prints the load before and after.
 """
 
 from __future__ import annotations
@@ -188,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--uploads", type=int, default=200)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(env.ROOT))
+    from bench.procs import machine_busy_cores
+
+    # Its figures mean something only on a quiet machine: say how busy it was, before and after.
+    print(f"before: 1-minute load {os.getloadavg()[0]:.2f}, machine busy {machine_busy_cores(2.0):.2f} cores over 2 s")
     if args.what == "accept":
         accept(args.requests, args.phases)
     else:
         task(args.uploads)
+    print(f"after: 1-minute load {os.getloadavg()[0]:.2f}")
     return 0
 
 
