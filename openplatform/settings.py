@@ -131,6 +131,11 @@ else:
         # prepared, so this setting does not touch them. (A pooler may refuse startup options.)
         _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
         _pg_options["options"] = (_pg_options.get("options", "") + " -c plan_cache_mode=force_generic_plan").strip()
+        # psycopg prepares nothing, not even a statement executed with prepare=True, while the
+        # connection's prepare_threshold is None (Django's default). A threshold no statement reaches
+        # leaves the choice to each call: the hot-path statements ask for it, and Django's own queries
+        # (client-side binding cursors) are never prepared whatever the threshold.
+        _pg_options.setdefault("prepare_threshold", 2**31 - 1)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -472,3 +472,47 @@ def test_a_statement_that_fails_on_a_live_connection_is_not_run_again(monkeypatc
     assert runs == [1] and connection.connection.info.backend_pid == before
     with connection.cursor() as cursor:
         cursor.execute("RESET statement_timeout")
+
+
+def _prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE from_sql IS FALSE")
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.django_db
+def test_the_upload_path_statements_are_prepared_on_the_server_and_django_queries_are_not(
+    api_client, authorizer, component,
+):
+    # psycopg ignores prepare=True while the connection's prepare_threshold is None (Django's default):
+    # every statement was parsed and planned again, about half of PostgreSQL's CPU per upload.
+    ids = []
+    for color in [(10, 20, 30), (40, 50, 60)]:
+        response = api_client.post("/api/v1/uploads/", {"media": media_file(image_bytes(color=color)),
+                                                        "authorizer_appid": authorizer.appid}, format="multipart")
+        assert response.status_code == 202
+        ids.append(response.json()["id"])
+    for upload_id in ids:
+        upload_process(upload_id=upload_id)
+
+    prepared = _prepared_statements()
+    assert Upload.objects.filter(pk__in=ids, status=Upload.Status.SUCCEEDED).count() == 2
+    assert sum("hashed_key" in s for s in prepared) == 1  # the API key, once for both requests
+    assert sum("INSERT INTO" in s and "uploads_uploadblob" in s for s in prepared) == 1  # the accept
+    assert sum("FOR UPDATE" in s and "lease_until" in s for s in prepared) == 1  # the claim
+    assert sum("uploads_uploadattempt" in s and "INSERT INTO" in s and "FOR UPDATE" not in s
+               for s in prepared) == 1  # the result
+    assert not [s for s in prepared if s.lstrip().startswith(("SELECT \"", "INSERT INTO \"", "UPDATE \""))]
+
+
+@pytest.mark.django_db
+def test_behind_a_transaction_pooler_nothing_is_prepared(monkeypatch):
+    from openplatform.core import sql
+
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    assert sql.execute("SELECT 41 + %s", [1]) == [(42,)]
+    assert sql.execute("SELECT 41 + %s", [1]) == [(42,)]
+    assert not [s for s in _prepared_statements() if "41 +" in s]
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", False)
+    assert sql.execute("SELECT 41 + %s", [1]) == [(42,)]
+    assert [s for s in _prepared_statements() if "41 +" in s]
