@@ -29,10 +29,16 @@ class _Cursor(psycopg.Cursor):
 
     prepare_default: bool | None = None
     binary_default: bool | None = None
+    #: Set while Django logs queries (tests, DEBUG): psycopg leaves `_query`, which Django's query log
+    #: reads, empty when it runs an already prepared statement; it is filled in for the log.
+    queries_logged: bool = False
 
     def execute(self, query, params=None, *, prepare=None, binary=None):
-        return super().execute(query, params, prepare=self.prepare_default if prepare is None else prepare,
-                               binary=self.binary_default if binary is None else binary)
+        super().execute(query, params, prepare=self.prepare_default if prepare is None else prepare,
+                        binary=self.binary_default if binary is None else binary)
+        if self.queries_logged and self._query is None:
+            self._query = self._convert_query(query, params)
+        return self
 
 
 def execute(sql: str, params, *, rows: bool = True, binary: bool = False, health_check: bool = False) -> list[tuple]:
@@ -76,6 +82,7 @@ def _execute(sql: str, params, *, rows: bool, binary: bool) -> list[tuple]:
     # may meet another server connection.
     raw.prepare_default = None if connection.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS") else True
     raw.binary_default = binary or None
+    raw.queries_logged = connection.queries_logged
     with connection._prepare_cursor(raw) as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if rows else []
