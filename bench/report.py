@@ -40,6 +40,8 @@ def _load_cell(result: dict) -> str:
     cell = f"{load['before']:.1f} → {load['after']:.1f}; others {load['other_cores']:.0%} of a core"
     if load["steal_cores"] >= 0.005:
         cell += f", stolen {load['steal_cores']:.0%}"
+    if load.get("checkpoints"):
+        cell += f"; PostgreSQL checkpoints: {load['checkpoints']}"
     return cell
 
 
@@ -254,7 +256,10 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "(the bench's own processes raise it: it says little about anyone else) and the CPU not ours meanwhile "
         "(other processes, and time stolen by the hypervisor) as a share of one core. Over "
         f"{LOADED_CORES:.0%} of one core in either, the performance rows say \"no verdict (loaded machine)\"; "
-        "counts, and whether every upload succeeded, are judged anyway.",
+        "counts, and whether every upload succeeded, are judged anyway. A row also says how many PostgreSQL "
+        "checkpoints fell inside its scenario: the checkpointer's writes, and the full-page images in the WAL "
+        "after it, count as PostgreSQL's CPU, which a scenario without one does not pay (a full run writes "
+        "about 1 GB of WAL: 90 KB of image per upload).",
         "- SQL counts are what Django logs (`BEGIN`/`COMMIT` included). The connection's health check "
         "(`CONN_HEALTH_CHECKS`) is the first of these statements on the upload path "
         "(`openplatform.core.sql.execute(health_check=True)`): no `SELECT 1` is sent before it.",

@@ -88,6 +88,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def checkpoints() -> int | None:
+    """PostgreSQL's checkpoints so far (timed and requested), or None if they cannot be read. A checkpoint
+    inside a scenario is PostgreSQL CPU (the checkpointer's writes, then full-page images in the WAL)
+    that a scenario without one does not pay: the table says when one happened."""
+    from django.db import DatabaseError, connection
+
+    for query in ("SELECT num_timed + num_requested FROM pg_stat_checkpointer",  # PostgreSQL 17 and later
+                  "SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"):
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(query)
+                return int(cursor.fetchone()[0])
+        except DatabaseError:  # the other server version's view
+            continue
+    return None
+
+
 def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
 
@@ -146,19 +163,22 @@ def main(argv: list[str] | None = None) -> int:
 
         def measure(name: str, run) -> None:
             """Run a scenario; keep its result with the machine's load meanwhile."""
+            checkpoints0 = checkpoints()
             load0, cpu0, steal0, t0 = os.getloadavg()[0], world.cpu.sample(), stolen_seconds(), time.perf_counter()
             result = run()
             seconds = time.perf_counter() - t0
             cpu1 = world.cpu.sample()
+            checkpoints1 = checkpoints()
             result["load"] = {
                 "before": load0, "after": os.getloadavg()[0], "seconds": seconds,
                 "other_cores": (cpu1["other processes"] - cpu0["other processes"]) / seconds,
                 "steal_cores": (stolen_seconds() - steal0) / seconds,
+                "checkpoints": None if None in (checkpoints0, checkpoints1) else checkpoints1 - checkpoints0,
             }
             results[name] = result
             lo = result["load"]
             log(f"{name}: {seconds:.0f} s; 1-minute load {lo['before']:.1f} -> {lo['after']:.1f}; other processes "
-                f"{lo['other_cores']:.2f} cores, stolen {lo['steal_cores']:.2f}")
+                f"{lo['other_cores']:.2f} cores, stolen {lo['steal_cores']:.2f}; PostgreSQL checkpoints {lo['checkpoints']}")
 
         if "queries" in only:  # in this process, before the worker runs: its messages are dropped
             measure("queries", lambda: scenarios.queries(world, sizes=sizes.history))
