@@ -435,7 +435,6 @@ class WeChatClient:
                 outcome.update(http_status=status, latency_ms=latency_ms)
             _log_attempt(path, appids, errcode, status, attempt, latency_ms, error)
 
-
     def _send(
         self, path: str, query: dict[str, str] | None, body: dict[str, Any] | None, files: Callable[[], dict] | None
     ) -> requests.Response:
