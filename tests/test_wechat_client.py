@@ -718,6 +718,7 @@ def test_answer_slower_than_the_timeout_raises_network_error(registered, authori
         client.get_quota(access_token=authorizer_token, cgi_path=UPLOADIMG)
 
     assert caught.value.retryable
+    assert "ReadTimeout" in str(caught.value)  # the name requests gave it, as attempt records always had it
     assert authorizer_token not in str(caught.value)
     _wait_for_calls(registered, QUOTA_PATH, 1)
 
@@ -744,7 +745,8 @@ def test_connection_refused_raises_network_error_without_the_token():
     with pytest.raises(NetworkError) as caught:
         client.get_quota(access_token="secret-token-value", cgi_path=UPLOADIMG)
 
-    # The requests exception names the URL (with its query string): it is not chained for display.
+    # The transport's exception names the URL (with its query string): it is not chained for display.
+    assert "ConnectionError" in str(caught.value)
     assert "secret-token-value" not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
@@ -1055,3 +1057,83 @@ def test_wechat_package_modules_import_nothing_from_django_or_the_project():
                 assert not module.startswith(
                     ("django", "openplatform", "tenants", "uploads", "rest_framework")
                 ), f"{name} imports {module}"
+
+
+# --- the transport: the bytes requests would send, through the pool its adapter chooses -------------------
+
+
+def test_the_multipart_body_is_the_one_requests_and_urllib3_write():
+    from urllib3 import encode_multipart_formdata
+
+    from openplatform.wechat.client import _multipart
+
+    data = image_bytes("JPEG")
+    body, content_type = _multipart({"media": ("image.jpg", data, "image/jpeg")})
+    boundary = content_type.removeprefix("multipart/form-data; boundary=")
+
+    assert (body, content_type) == encode_multipart_formdata({"media": ("image.jpg", data, "image/jpeg")}, boundary)
+    assert len(boundary) == 32 and _multipart({"media": ("image.jpg", data, "image/jpeg")})[1] != content_type
+
+
+class _ForwardProxy:
+    """A plain HTTP forward proxy on loopback: it takes absolute-URI requests and relays them."""
+
+    def __init__(self) -> None:
+        self.request_lines: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                import http.client
+                from urllib.parse import urlsplit
+
+                proxy.request_lines.append(self.requestline)
+                target = urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-connection", "connection")}
+                upstream.request("POST", target.path + (f"?{target.query}" if target.query else ""), body, headers)
+                answer = upstream.getresponse()
+                content = answer.read()
+                upstream.close()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", answer.getheader("Content-Type") or "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_environment_proxy_carries_json_and_multipart_calls(registered, authorizer_token, monkeypatch):
+    """HTTP_PROXY (read once, when the client is built) is used by the lean transport: the request line is
+    the absolute URL, as a forward proxy needs, and the answer comes back through it."""
+    proxy = _ForwardProxy()
+    try:
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        client = WeChatClient(api_base=registered.url, retry=FAST)
+        monkeypatch.delenv("HTTP_PROXY")  # read once: the client keeps what it saw
+
+        quota = client.get_quota(access_token=authorizer_token, cgi_path=UPLOADIMG)
+        result = client.upload_image(access_token=authorizer_token, data=image_bytes("JPEG"))
+
+        assert quota.daily_limit == 100000 and result.url.startswith("http")
+        assert [line.split()[1].split("?")[0] for line in proxy.request_lines] == [
+            f"{registered.url}{QUOTA_PATH}", f"{registered.url}{UPLOADIMG}"
+        ]
+        assert count(registered, UPLOADIMG) == 1
+    finally:
+        proxy.close()
