@@ -118,8 +118,7 @@ def accept(requests_: int, phases: bool) -> None:
     for e in environs[:warm]:
         call(e)
     if phases:
-        import celery.app.task
-
+        import openplatform.core.queueing
         import tenants.auth
         import uploads.api
         import uploads.body
@@ -132,7 +131,7 @@ def accept(requests_: int, phases: bool) -> None:
         _timed(uploads.api.UploadCreateSerializer, "is_valid", "form fields (serializer)")
         _timed(uploads.services.accept, "check_image", "image check")
         _timed(uploads.services.pg, "upload_insert_for_appid", "authorizer + dedupe + insert statement")
-        _timed(celery.app.task.Task, "apply_async", "task publish")
+        _timed(openplatform.core.queueing, "publish", "task publish")
     pid = _backend_pid()
     backend0, cpu0, wall0 = _backend_cpu_seconds(pid), time.thread_time(), time.perf_counter()
     for e in environs[warm:]:
