@@ -754,7 +754,20 @@ def test_connection_refused_raises_network_error_without_the_token():
 # --- answers the simulator cannot give: a tiny stub server --------------------------------------------
 
 
-class _Stub:
+class _LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 with a free port: `url`, and `close()` when done."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _Stub(_LoopbackServer):
     """Serves one canned (status, body) for every POST and counts requests."""
 
     def __init__(self, status: int, body: bytes) -> None:
@@ -774,13 +787,7 @@ class _Stub:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 @pytest.fixture
@@ -1075,7 +1082,7 @@ def test_the_multipart_body_is_the_one_requests_and_urllib3_write():
     assert len(boundary) == 32 and _multipart({"media": ("image.jpg", data, "image/jpeg")})[1] != content_type
 
 
-class _ForwardProxy:
+class _ForwardProxy(_LoopbackServer):
     """A plain HTTP forward proxy on loopback: it takes absolute-URI requests and relays them."""
 
     def __init__(self) -> None:
@@ -1107,13 +1114,7 @@ class _ForwardProxy:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 def test_the_environment_proxy_carries_json_and_multipart_calls(registered, authorizer_token, monkeypatch):
