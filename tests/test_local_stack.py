@@ -106,9 +106,20 @@ def _start(tmp_path: Path, command: list[str]) -> tuple[subprocess.Popen, Path, 
     with log.open("wb") as out:
         proc = subprocess.Popen(
             command, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_as_from_a_terminal,
         )
     return proc, log, marker, web_port
+
+
+def _as_from_a_terminal() -> None:
+    """In the child, before exec: the signal dispositions and mask a shell in a terminal starts with.
+
+    An ignored signal stays ignored across exec, and bash cannot trap a signal that was ignored when it
+    started; a blocked one stays blocked. Whatever an earlier test left in this process (a library that
+    ignores or blocks SIGHUP, SIGINT or SIGTERM) must not decide whether run.sh can be stopped."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _assert_everything_stops(proc: subprocess.Popen, log: Path, marker: str, web_port: int, signalled: float):
@@ -118,7 +129,11 @@ def _assert_everything_stops(proc: subprocess.Popen, log: Path, marker: str, web
         time.sleep(0.1)
     left = {pid: _cmdline(pid) for pid in _run_processes(marker)}
     tail = log.read_text(errors="replace")[-3000:]
-    assert proc.poll() is not None, f"still running {STOP_WITHIN} s after the signal\n{tail}"
+    assert proc.poll() is not None, (
+        f"run.sh still running {STOP_WITHIN} s after the signal; its processes: {left}; in this test process "
+        f"SIGHUP is {signal.getsignal(signal.SIGHUP)}, blocked: {signal.pthread_sigmask(signal.SIG_BLOCK, [])}"
+        f"\n{tail}"
+    )
     assert not left, f"still running {STOP_WITHIN} s after the signal: {left}\n{tail}"
     with socket.socket() as s:  # the web port is free again (no listener; TIME_WAIT is fine)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
