@@ -56,7 +56,7 @@ def test_the_lean_publish_writes_the_message_apply_async_writes(broker):
         assert lean["headers"]["task"] == task.name and lean["body"][0] == list(args)
 
 
-def test_a_request_publishes_with_one_lpush_and_a_worker_of_celery_runs_it(broker, monkeypatch):
+def test_publish_takes_the_lean_path_with_one_lpush(broker, monkeypatch):
     from uploads.tasks import upload_image
 
     sent = []
@@ -70,7 +70,7 @@ def test_a_request_publishes_with_one_lpush_and_a_worker_of_celery_runs_it(broke
     assert message["body"][0] == ["3f0c2a9e-0000-4000-8000-000000000002"]
 
 
-def test_what_the_lean_publish_does_not_handle_goes_through_apply_async(broker, monkeypatch, settings):
+def test_what_the_lean_publish_does_not_handle_goes_through_apply_async(broker, monkeypatch):
     from celery.signals import before_task_publish
 
     from openplatform.celery import app

@@ -1069,19 +1069,6 @@ def test_wechat_package_modules_import_nothing_from_django_or_the_project():
 # --- the transport: the bytes requests would send, through the pool its adapter chooses -------------------
 
 
-def test_the_multipart_body_is_the_one_requests_and_urllib3_write():
-    from urllib3 import encode_multipart_formdata
-
-    from openplatform.wechat.client import _multipart
-
-    data = image_bytes("JPEG")
-    body, content_type = _multipart({"media": ("image.jpg", data, "image/jpeg")})
-    boundary = content_type.removeprefix("multipart/form-data; boundary=")
-
-    assert (body, content_type) == encode_multipart_formdata({"media": ("image.jpg", data, "image/jpeg")}, boundary)
-    assert len(boundary) == 32 and _multipart({"media": ("image.jpg", data, "image/jpeg")})[1] != content_type
-
-
 class _ForwardProxy(_LoopbackServer):
     """A plain HTTP forward proxy on loopback: it takes absolute-URI requests and relays them."""
 

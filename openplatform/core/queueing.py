@@ -50,16 +50,16 @@ def publish(task, args: tuple, *, task_id: str | None = None, **options) -> None
 class _RedisPublisher:
     """LPUSH of kombu's envelope around the message Celery builds, to the queue the task is routed to."""
 
-    def __init__(self, app, task_name: str, url: str) -> None:
+    def __init__(self, queue: str, exec_options: dict, url: str) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        route = app.amqp.router.route({}, task_name)
-        queue = route["queue"]
-        self.key = queue.name
+        self.key = queue
         # As Celery sends to a direct exchange's queue: by the default exchange, the queue's name as the key.
-        self.delivery_info = {"exchange": "", "routing_key": queue.name}
+        self.delivery_info = {"exchange": "", "routing_key": queue}
+        self.time_limit = exec_options.get("time_limit")
+        self.soft_time_limit = exec_options.get("soft_time_limit")
         # A stale connection (Redis restarted) is retried once at once; a broker that is down fails fast,
         # and the sweeper enqueues the upload again, as with apply_async.
         self.client = redis.Redis.from_url(
@@ -79,12 +79,11 @@ class _RedisPublisher:
 
     def send(self, task, args: tuple, task_id: str) -> None:
         app = task.app
-        exec_options = task._get_exec_options()
         message = app.amqp.create_task_message(
             task_id, task.name, args, {},
             reply_to=app.thread_oid,
-            time_limit=exec_options.get("time_limit"),
-            soft_time_limit=exec_options.get("soft_time_limit"),
+            time_limit=self.time_limit,
+            soft_time_limit=self.soft_time_limit,
             create_sent_event=False,
             ignore_result=task.ignore_result,
             argsrepr=repr(args),
@@ -127,4 +126,4 @@ def _redis_publisher(app, task_name: str, url: str) -> _RedisPublisher | None:
     queue = route.get("queue")
     if queue is None or set(route) != {"queue"} or queue.exchange.type != "direct" or queue.queue_arguments:
         return None
-    return _RedisPublisher(app, task_name, url)
+    return _RedisPublisher(queue.name, exec_options, url)

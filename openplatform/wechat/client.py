@@ -27,6 +27,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3 import encode_multipart_formdata
 from urllib3.exceptions import (
     ConnectTimeoutError,
     HTTPError,
@@ -453,9 +454,9 @@ class WeChatClient:
         Straight to the urllib3 pool that the session's adapter keeps for this URL: the adapter still
         chooses the pool (the proxy read in _pooled_session, TLS verification, the CA bundle), and urllib3
         still pools, reuses and replaces the connections. What is skipped is requests' own per-call work:
-        preparing a PreparedRequest, merging session settings, encoding the multipart body field by field,
-        and building a Response with its cookie jar. That was about 0.6 ms of CPU per 90 KB upload, a
-        ninth of the task (docs/architecture.md §7, "Cost"). The body is the bytes requests would send.
+        preparing a PreparedRequest, merging session settings, and building a Response with its cookie jar. That was about 0.6 ms of CPU per 90 KB upload, a
+        ninth of the task (docs/architecture.md §7, "Cost"). The body is the bytes requests would send
+        (urllib3's encode_multipart_formdata, which requests calls, or the JSON it would write).
         """
         session = self.session
         url = self.api_base + path
@@ -463,7 +464,7 @@ class WeChatClient:
             url += "?" + urlencode(query)
         headers = dict(session.headers)
         if files is not None:
-            payload, headers["Content-Type"] = _multipart(files())
+            payload, headers["Content-Type"] = encode_multipart_formdata(files())  # requests' own encoder
         else:
             payload = json.dumps(body, allow_nan=False).encode() if body is not None else None
             if payload is not None:
@@ -497,21 +498,6 @@ class _Target:
         self.url = url
         parts = urlsplit(url)
         self.path_url = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-
-
-def _multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
-    """multipart/form-data as requests (urllib3's encode_multipart_formdata) writes it, in one join."""
-    boundary = os.urandom(16).hex()
-    parts: list[bytes] = []
-    for name, (filename, data, content_type) in fields.items():
-        parts += [
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n".encode(),
-            data,
-            b"\r\n",
-        ]
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
 def _network_error_name(exc: BaseException) -> str:
