@@ -1125,3 +1125,16 @@ def test_the_environment_proxy_carries_json_and_multipart_calls(registered, auth
         assert count(registered, UPLOADIMG) == 1
     finally:
         proxy.close()
+
+
+def test_a_malformed_proxy_setting_is_our_error_not_a_network_one(stub):
+    """requests' InvalidProxyURL is an OSError: it must not be taken for a network failure and retried."""
+    server = stub(200, {"url": "http://mmbiz.qpic.cn/mmbiz/abc/0"})
+    client = WeChatClient(api_base=server.url, retry=FAST)
+    client.session.proxies["http"] = "http://"  # no host
+
+    with pytest.raises(WeChatError) as caught:
+        client.upload_image(access_token="t", data=image_bytes())
+
+    assert type(caught.value) is WeChatError and caught.value.retryable is False
+    assert "InvalidProxyURL" in str(caught.value) and server.requests == 0

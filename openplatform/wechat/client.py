@@ -415,14 +415,14 @@ class WeChatClient:
         try:
             try:
                 status, content = self._send(path, query, body, files)
-            except LocationValueError as exc:  # a URL urllib3 cannot parse: ours is wrong, not the network
+            except (LocationValueError, requests.RequestException) as exc:
+                # A URL urllib3 cannot parse, or proxy settings the adapter refuses (InvalidProxyURL): ours
+                # are wrong, not the network. Before OSError: requests' exceptions are OSErrors.
                 raise WeChatError(None, type(exc).__name__, path=path) from None
             except (HTTPError, OSError) as exc:
                 # A timeout, a refused or dropped connection, TLS, the proxy, a body cut short. str(exc)
                 # carries the URL with the token in its query string: keep only the class name.
                 raise NetworkError(None, _network_error_name(exc), path=path) from None
-            except requests.RequestException as exc:  # the adapter refused the proxy settings
-                raise WeChatError(None, type(exc).__name__, path=path) from None
             data = _json_object(content)
             if data is not None:
                 errcode = _errcode(data)
