@@ -393,6 +393,43 @@ def test_one_statement_finds_the_authorizer_and_inserts_only_when_nothing_is_to_
 
 
 @pytest.mark.django_db
+def test_the_statements_send_what_django_would_for_every_column(authorizer, admin_user):
+    """Columns sent without Field.get_db_prep_save (uploads/services/pg.py) get what it would have given."""
+    from uploads.services.pg import _field_plan, _param, insert_params
+
+    now = timezone.now()
+    upload = Upload(
+        tenant=authorizer.tenant, authorizer=authorizer, requested_by=Upload.RequestedBy.ADMIN, admin_user=admin_user,
+        idempotency_key="k-\u00e9", request_fingerprint="f" * 64, sha256="a" * 64, size=10, original_size=20,
+        fitted=True, content_type="image/png", width=3, height=4, status=Upload.Status.UPLOADING,
+        permission_required=[1, 8], permission_granted=[11], permission_passed=True, url="http://mmbiz/x",
+        errcode=40164, errmsg="invalid ip \u2028", attempts=2, attempts_before_retry=1, started_at=now,
+        finished_at=now, next_attempt_at=now, lease_until=now, bytes_purged_at=now, dedupe=False,
+        reused_from_id=uuid.uuid4(),
+    )
+    fast = insert_params(upload)
+    fields = [f for f in Upload._meta.concrete_fields if f.attname != "authorizer_id"]
+    django = {f"f{i}": f.get_db_prep_save(f.pre_save(upload, True), connection)
+              for i, f in enumerate(Upload._meta.concrete_fields) if f.attname != "authorizer_id"}
+    assert fast.keys() == django.keys() and len(fast) == len(fields)
+    for i, f in enumerate(Upload._meta.concrete_fields):
+        if f.attname == "authorizer_id":
+            continue
+        if f.attname == "updated_at":  # auto_now: each call stamps its own time
+            assert isinstance(fast[f"f{i}"], type(django[f"f{i}"]))
+            continue
+        mine, theirs = fast[f"f{i}"], django[f"f{i}"]
+        assert type(mine) is type(theirs), f.attname
+        assert (mine.obj if hasattr(mine, "obj") else mine) == (theirs.obj if hasattr(theirs, "obj") else theirs), f.attname
+    for f in fields:  # the result's SET values
+        field, how = _field_plan(f.name)
+        for value in (getattr(upload, f.attname), None):
+            mine, theirs = _param(field, how, value, connection), f.get_db_prep_save(value, connection)
+            assert type(mine) is type(theirs), f.name
+            assert (mine.obj if hasattr(mine, "obj") else mine) == (theirs.obj if hasattr(theirs, "obj") else theirs)
+
+
+@pytest.mark.django_db
 def test_an_account_that_lost_its_permissions_gets_a_new_upload_not_an_old_url(api_client, authorizer, component):
     data = image_bytes("PNG", color=(7, 7, 7))
     first = api_client.post("/api/v1/uploads/", {"media": media_file(data), "authorizer_appid": authorizer.appid},
@@ -459,9 +496,9 @@ def test_a_statement_that_fails_on_a_live_connection_is_not_run_again(monkeypatc
     runs = []
     real = sql._execute
 
-    def failing(*args, **kwargs):
+    def failing(conn, *args, **kwargs):
         runs.append(1)
-        return real("SELECT pg_sleep(1)", {}, rows=True, binary=False)
+        return real(conn, "SELECT pg_sleep(1)", {}, rows=True, binary=False)
 
     monkeypatch.setattr(sql, "_execute", failing)
     with connection.cursor() as cursor:

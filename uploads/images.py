@@ -222,8 +222,10 @@ def downscale(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return out
 
 
-def check_image(data: bytes, *, fit: bool = False) -> CheckedImage:
-    """Validate `data` as a JPEG or PNG WeChat will take; with `fit`, shrink an oversized one."""
+def check_image(data: bytes, *, fit: bool = False, sha256: str | None = None) -> CheckedImage:
+    """Validate `data` as a JPEG or PNG WeChat will take; with `fit`, shrink an oversized one.
+
+    `sha256`: the caller's hex SHA-256 of `data`, if it has one (not computed twice)."""
     if not data:
         raise EmptyFile()
     content_type = sniff_content_type(data)
@@ -238,7 +240,7 @@ def check_image(data: bytes, *, fit: bool = False) -> CheckedImage:
     fits = len(data) <= MAX_UPLOAD_BYTES
     if fits:
         _, width, height = _decode(data, content_type)
-        return CheckedImage(data, content_type, width, height, hashlib.sha256(data).hexdigest(), len(data))
+        return CheckedImage(data, content_type, width, height, sha256 or hashlib.sha256(data).hexdigest(), len(data))
     # The decoded image is passed on without a name here, so that fit_image can free it as it goes.
     fitted, width, height = fit_image(_decode(data, content_type, for_fit=True)[0], content_type)
     return CheckedImage(fitted, content_type, width, height, hashlib.sha256(fitted).hexdigest(), len(data), fitted=True)

@@ -32,11 +32,12 @@ class Accepted:
     replayed: bool = False
 
 
-def _fingerprint(*, authorizer_appid: str, data: bytes, fit: bool, dedupe: bool = True) -> str:
+def _fingerprint(*, authorizer_appid: str, data_sha256: bytes, fit: bool, dedupe: bool = True) -> str:
+    """Over the appid, the SHA-256 of the bytes as received (`data_sha256`), fit and dedupe."""
     h = hashlib.sha256()
     h.update(authorizer_appid.encode())
     h.update(b"\0")
-    h.update(hashlib.sha256(data).digest())
+    h.update(data_sha256)
     h.update(b"\1" if fit else b"\0")
     if not dedupe:  # only then, so fingerprints stored before dedupe existed still match
         h.update(b"\2")
@@ -97,14 +98,15 @@ def upload_create(
 
     With `dedupe`, bytes that already succeeded for this authorizer are final at once (services/dedupe.py).
     """
-    fingerprint = _fingerprint(authorizer_appid=authorizer_appid, data=data, fit=fit, dedupe=dedupe)
+    received = hashlib.sha256(data)  # once: the fingerprint's and, when the bytes are kept as they are, the record's
+    fingerprint = _fingerprint(authorizer_appid=authorizer_appid, data_sha256=received.digest(), fit=fit, dedupe=dedupe)
     if idempotency_key:
         replay = _replay(tenant=tenant, idempotency_key=idempotency_key, fingerprint=fingerprint)
         if replay is not None:
             return replay
     if not authorizer_appid:
         raise UnknownAuthorizer()
-    image = check_image(data, fit=fit)  # ImageRejected is an UploadRefused
+    image = check_image(data, fit=fit, sha256=received.hexdigest())  # ImageRejected is an UploadRefused
     upload = Upload(  # its authorizer is the tenant's with `authorizer_appid`, found below
         tenant=tenant,
         requested_by=requested_by,
