@@ -1,6 +1,6 @@
 """The upload path's cost measured inside one process, without gunicorn or Celery around it.
 
-    .venv/bin/python -m bench.inprocess accept [--requests 600] [--phases]
+    .venv/bin/python -m bench.inprocess accept [--requests 600] [--phases] [--profile N]
     .venv/bin/python -m bench.inprocess task [--uploads 200]
 
 `accept` calls the WSGI application directly with prebuilt `POST /api/v1/uploads/` requests (a 640x480
@@ -87,7 +87,7 @@ def _world(simulator_in_process: bool):
     return world
 
 
-def accept(requests_: int, phases: bool) -> None:
+def accept(requests_: int, phases: bool, profile: int = 0) -> None:
     import requests
     from django.core.wsgi import get_wsgi_application
 
@@ -133,15 +133,30 @@ def accept(requests_: int, phases: bool) -> None:
         _timed(uploads.services.pg, "upload_insert_for_appid", "authorizer + dedupe + insert statement")
         _timed(openplatform.core.queueing, "publish", "task publish")
     pid = _backend_pid()
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile(time.thread_time)  # CPU of this thread: waits on sockets do not count
     backend0, cpu0, wall0 = _backend_cpu_seconds(pid), time.thread_time(), time.perf_counter()
+    if profiler:
+        profiler.enable()
     for e in environs[warm:]:
         call(e)
+    if profiler:
+        profiler.disable()
     cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
     backend = _backend_cpu_seconds(pid) - backend0
     print(f"accept, {requests_} requests: this thread {cpu * 1000 / requests_:.2f} ms CPU per request "
           f"(wall {wall * 1000 / requests_:.2f} ms), its PostgreSQL backend {backend * 1000 / requests_:.2f} ms")
     for label, values in _CPU.items():
         print(f"  {label}: {sum(values) / requests_:.3f} ms per request")
+    if profiler:  # (cProfile's own overhead inflates the figures; compare the shares, not the sum)
+        import pstats
+
+        profiler.dump_stats(LOGS / "accept.prof")  # for pstats' callers and callees
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(profile)
+        print(f"(the whole profile: {LOGS / 'accept.prof'})")
     world.sim.stop()
 
 
@@ -183,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     a = sub.add_parser("accept")
     a.add_argument("--requests", type=int, default=600)
     a.add_argument("--phases", action="store_true")
+    a.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="profile the CPU of this thread (cProfile) and print the N costliest functions")
     t = sub.add_parser("task")
     t.add_argument("--uploads", type=int, default=200)
     args = parser.parse_args(argv)
@@ -192,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     # Its figures mean something only on a quiet machine: say how busy it was, before and after.
     print(f"before: 1-minute load {os.getloadavg()[0]:.2f}, machine busy {machine_busy_cores(2.0):.2f} cores over 2 s")
     if args.what == "accept":
-        accept(args.requests, args.phases)
+        accept(args.requests, args.phases, args.profile)
     else:
         task(args.uploads)
     print(f"after: 1-minute load {os.getloadavg()[0]:.2f}")

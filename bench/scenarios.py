@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import statistics
 import sys
+import threading
 import time
 from datetime import timedelta
+
+import requests
 
 from bench import baseline, load
 from bench.env import COMPONENT
@@ -21,6 +24,7 @@ from bench.world import AUTHORIZER_TOKEN, UPLOADIMG, World
 WECHAT_LATENCY = 0.05  # seconds of modelled WeChat latency per uploadimg call (the real API: 30-200 ms)
 DRAIN_LATENCY = 0.1  # the drain's (issue 10 (c))
 DRAIN_IN_FLIGHT = 32
+PROBE_PAUSE = 0.02  # seconds between the latency scenario's /healthz probes beside the POST load
 
 #: CPU parts (CpuMeter names) that are the service: what an upload costs us.
 OURS = ("web", "worker", "PostgreSQL", "Redis")
@@ -301,17 +305,45 @@ def latency(world: World, *, n: int, concurrency: int) -> dict:
         session.get(f"{world.web_url}/healthz", timeout=60).raise_for_status()
 
     floor = load.run(n, concurrency, health)
-    posts = load.run(n, concurrency, lambda s, i: world.post_upload(s))
-    errors = floor.errors + posts.errors
+    # Beside the POST load, one more client asks /healthz every PROBE_PAUSE: what any request meets on
+    # the same server while the 20 clients upload (queueing behind them), as opposed to the floor above,
+    # where /healthz has the server to itself.
+    probe = load.LoadResult(elapsed=0.0)
+    done = threading.Event()
+
+    def probing() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                t0 = time.perf_counter()
+                try:
+                    session.get(f"{world.web_url}/healthz", timeout=60).raise_for_status()
+                    probe.latencies.append(time.perf_counter() - t0)
+                except requests.RequestException as exc:
+                    probe.errors.append(f"{type(exc).__name__}: {exc}")
+                done.wait(PROBE_PAUSE)
+
+    prober = threading.Thread(target=probing, name="healthz-probe")
+    prober.start()
+    try:
+        posts = load.run(n, concurrency, lambda s, i: world.post_upload(s))
+    finally:
+        done.set()
+        prober.join(60)
+    errors = floor.errors + posts.errors + probe.errors
     if errors:
         raise RuntimeError(f"latency: {len(errors)} errors, first: {errors[0]}")
     world.wait_final(posts.results)
     _log(
         f"latency: POST p50 {posts.percentile_ms(50):.1f} ms p99 {posts.percentile_ms(99):.1f} ms "
         f"({posts.rate:.0f}/s); /healthz p50 {floor.percentile_ms(50):.1f} ms p99 {floor.percentile_ms(99):.1f} ms "
-        f"({floor.rate:.0f}/s)"
+        f"({floor.rate:.0f}/s); /healthz beside the POSTs p50 {probe.percentile_ms(50):.1f} ms "
+        f"p99 {probe.percentile_ms(99):.1f} ms ({len(probe.latencies)} probes)"
     )
     return {
+        "probe_p50": probe.percentile_ms(50),
+        "probe_p99": probe.percentile_ms(99),
+        "probe_n": len(probe.latencies),
+        "probe_ratio": posts.percentile_ms(99) / probe.percentile_ms(99),
         "n": n,
         "concurrency": concurrency,
         "post_p50": posts.percentile_ms(50),
