@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import dataclass
 from functools import cache
 
@@ -45,6 +46,42 @@ class TenantPrincipal:
 _KEY_SHAPE = re.compile(r"[A-Za-z0-9]{1,16}\.[A-Za-z0-9]{1,128}")
 
 
+#: How long this process trusts a failed-key counter it read as 0 (see _known_clean).
+CLEAN_MEMO_SECONDS = 1.0
+_CLEAN_MEMO_MAX = 10_000
+#: (counter, window number) -> monotonic time until which it is taken as 0 without reading it.
+_clean: dict[tuple[str, int], float] = {}
+
+
+def _window_number(window: int) -> int:
+    return int(time.time() // window)
+
+
+def _known_clean(counter: str, window: int) -> bool:
+    """Whether this process read the address's failed-key counter as 0 in this window less than
+    CLEAN_MEMO_SECONDS ago, and has seen no failure from it since.
+
+    An address that never fails (every real client) is then read from Redis about once a second per
+    process, not on every request: that read was 0.14 ms of a request's CPU (docs/architecture.md §7,
+    "Cost"). What it costs the limit: an address with failures is never remembered, and the first
+    failure a process sees from it drops the memo, so a guesser gets at most one guess more per web
+    process and window than API_KEY_FAILURE_LIMIT; an address blocked by failures seen elsewhere is
+    refused here at most CLEAN_MEMO_SECONDS later.
+    """
+    until = _clean.get((counter, _window_number(window)))
+    return until is not None and time.monotonic() < until
+
+
+def _remember_clean(counter: str, window: int) -> None:
+    if len(_clean) >= _CLEAN_MEMO_MAX:  # many addresses: start again rather than grow
+        _clean.clear()
+    _clean[(counter, _window_number(window))] = time.monotonic() + CLEAN_MEMO_SECONDS
+
+
+def _forget_clean(counter: str, window: int) -> None:
+    _clean.pop((counter, _window_number(window)), None)
+
+
 class TenantAPIKeyAuthentication(BaseAuthentication):
     """`Authorization: Api-Key <key>`; keys are stored hashed (djangorestframework-api-key)."""
 
@@ -58,12 +95,16 @@ class TenantAPIKeyAuthentication(BaseAuthentication):
         if limit <= 0:
             return self._authenticate_key(parts)
         counter = f"api-key-failures:{client_address(request)}"
-        failures, left = window_hits(counter, window=window, add=0)
-        if failures >= limit:
-            raise exceptions.Throttled(wait=left, detail="Too many failed API-key attempts from this address.")
+        if not _known_clean(counter, window):
+            failures, left = window_hits(counter, window=window, add=0)
+            if failures >= limit:
+                raise exceptions.Throttled(wait=left, detail="Too many failed API-key attempts from this address.")
+            if failures == 0:
+                _remember_clean(counter, window)
         try:
             return self._authenticate_key(parts)
         except exceptions.AuthenticationFailed:
+            _forget_clean(counter, window)
             failures, _ = window_hits(counter, window=window)
             if failures == limit:  # once per address and window: the moment it starts being refused
                 logger.warning("API-key failures from one address reached the limit; refusing it for the window",

@@ -185,6 +185,51 @@ def test_a_successful_key_does_not_reset_the_failures_of_its_address(tenant, set
     assert key_client(good).get(AUTHORIZERS_URL).status_code == 429  # ...a valid key does not buy more guesses
 
 
+def test_a_clean_address_is_read_once_a_second_and_a_block_seen_elsewhere_holds_within_it(tenant, settings,
+                                                                                          monkeypatch):
+    from tenants import auth
+
+    settings.API_KEY_FAILURE_LIMIT = 2
+    _, good = api_key_create(tenant=tenant)
+    here = {"REMOTE_ADDR": "203.0.113.20"}
+    reads = []
+    real = auth.window_hits
+
+    def counted(key, *, window, add=1):
+        if add == 0:
+            reads.append(key)
+        return real(key, window=window, add=add)
+
+    monkeypatch.setattr(auth, "window_hits", counted)
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+
+    # given an address that has never failed: its counter is read once, then trusted for a second
+    assert [key_client(good).get(AUTHORIZERS_URL, **here).status_code for _ in range(3)] == [200, 200, 200]
+    assert len(reads) == 1
+
+    # when another web process sees it fail up to the limit (its counter is shared in the cache)
+    counter = f"api-key-failures:{here['REMOTE_ADDR']}"
+    real(counter, window=settings.API_KEY_FAILURE_WINDOW_SECONDS, add=2)
+    # then this process refuses it once its memo of a clean counter is a second old
+    now[0] += auth.CLEAN_MEMO_SECONDS
+    assert key_client(good).get(AUTHORIZERS_URL, **here).status_code == 429
+    assert len(reads) == 2
+
+
+def test_a_failure_seen_here_drops_the_memo_at_once(tenant, settings, monkeypatch):
+    from tenants import auth
+
+    settings.API_KEY_FAILURE_LIMIT = 2
+    _, good = api_key_create(tenant=tenant)
+    here = {"REMOTE_ADDR": "203.0.113.21"}
+    monkeypatch.setattr(auth.time, "monotonic", lambda: 5000.0)  # the memo never ages in this test
+    assert key_client(good).get(AUTHORIZERS_URL, **here).status_code == 200  # remembered as clean
+    # two guesses: the first drops the memo, so the limit holds exactly
+    assert [key_client("nope.nope").get(AUTHORIZERS_URL, **here).status_code for _ in range(2)] == [401, 401]
+    assert key_client(good).get(AUTHORIZERS_URL, **here).status_code == 429
+
+
 def test_each_key_has_a_rate_of_its_own_within_its_tenants(tenant, make_tenant, monkeypatch):
     from tenants.auth import APIKeyRateThrottle, TenantRateThrottle
 
