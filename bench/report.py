@@ -235,8 +235,8 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "How to read it:",
         "",
         "- Ours, the minimal task and the direct loops run in the same run, on the same machine, in "
-        "alternation: each round runs the direct loop, then ours, then (for throughput) the minimal task; "
-        "the key figures are the median of the rounds (`--quick`: one round).",
+        "alternation: each round runs the direct loop, then (for throughput) the minimal task, ours, and the "
+        "minimal task again; the key figures are the median of the rounds (`--quick`: one round).",
         "- CPU per upload is user + system time from /proc, per process, over the window of each run divided "
         "by its uploads. Ours: `web` (gunicorn and its workers), `worker` (the Celery worker of uploads), "
         "`PostgreSQL` (the backends on the bench database and the server's background processes: WAL, "
@@ -246,8 +246,9 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "else the machine ran (user-space processes not the bench's).",
         "- The minimal task (bench/baseline.py) keeps nothing: no record, no lease, no retry, no result. "
         "The bar is ours ≤ 3.3 × its CPU per upload with every record kept. Each \"× the minimal task\" is "
-        "taken per round (ours and the minimal task ran one after the other) and the median of the rounds "
-        "is shown; the milliseconds are each the median of the rounds.",
+        "taken per round, against the mean of the minimal task's two runs just before and just after ours "
+        "(this machine kind's speed drifts within seconds: a drift that is steady over the round cancels), "
+        "and the median of the rounds is shown; the milliseconds are each the median of the rounds.",
         "- A direct loop posts the same image to uploadimg from the bench process, with the same number in "
         "flight and the same latency: the ceiling of the set-up (in flight / latency) minus what the bench "
         "process and the simulator can do on this machine.",

@@ -127,8 +127,18 @@ def _baseline_round(world: World, n: int, url: str, label: str) -> dict:
     return {"rate": n / elapsed, "cpu": cpu}
 
 
+def _bracket(before: dict, after: dict) -> dict:
+    """The minimal task's rounds on either side of ours, as one: the mean of their rates and of each
+    process's CPU per upload. This machine kind's speed drifts within seconds; a figure taken before ours
+    and one after it, averaged, cancel a drift that is steady over the round."""
+    return {"rate": (before["rate"] + after["rate"]) / 2,
+            "cpu": {k: (before["cpu"][k] + after["cpu"][k]) / 2 for k in before["cpu"]},
+            "totals": (_total(before["cpu"], BASELINE), _total(after["cpu"], BASELINE))}
+
+
 def throughput(world: World, *, n: int, concurrency: int, rounds: int) -> dict:
-    """Each round: the direct loop, ours end to end, the minimal task; `concurrency` in flight, 50 ms."""
+    """Each round: the direct loop, the minimal task, ours end to end, the minimal task again; `concurrency`
+    in flight, 50 ms. Ours is compared with the mean of the two minimal-task runs around it (`_bracket`)."""
     world.control.set_latency(UPLOADIMG, WECHAT_LATENCY)
     # Warm every web process, worker thread and connection pool before timing anything.
     warm = load.run(concurrency * 4, concurrency, lambda s, i: world.post_upload(s))
@@ -143,14 +153,16 @@ def throughput(world: World, *, n: int, concurrency: int, rounds: int) -> dict:
             rate, cpu = _direct_round(world, n, concurrency, direct_post)
             direct_rates.append(rate)
             direct_cpus.append(cpu)
+            first = _baseline_round(world, n, url, f"round{r}a")
             e2e.append(_e2e_round(world, n, concurrency))
             _add(statuses, e2e[-1]["statuses"])
-            base.append(_baseline_round(world, n, url, f"round{r}"))
+            base.append(_bracket(first, _baseline_round(world, n, url, f"round{r}b")))
             _log(
                 f"throughput round {r + 1}/{rounds}: direct {direct_rates[-1]:.0f}/s, end-to-end "
                 f"{e2e[-1]['rate']:.0f}/s (accepted at {e2e[-1]['accept_rate']:.0f}/s, "
                 f"{_total(e2e[-1]['cpu'], OURS):.1f} ms CPU per upload), minimal task {base[-1]['rate']:.0f}/s "
-                f"({_total(base[-1]['cpu'], BASELINE):.1f} ms), {e2e[-1]['statuses']}"
+                f"({_total(base[-1]['cpu'], BASELINE):.1f} ms: {base[-1]['totals'][0]:.1f} before ours, "
+                f"{base[-1]['totals'][1]:.1f} after), {e2e[-1]['statuses']}"
             )
     finally:
         world.cpu.sample()
