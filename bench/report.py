@@ -169,8 +169,8 @@ def rows(results: dict, machine_load: dict) -> list[Row]:
         ])
         if "probe_p99" in lat:  # what any request meets beside the POST load (docs/architecture.md §7)
             add("latency", [
-                (f"4. (d) GET /healthz from one more client during the POST load (every 20 ms; "
-                 f"{lat['probe_n']} probes)", f"p50 {lat['probe_p50']:.1f} ms, p99 {lat['probe_p99']:.1f} ms", "",
+                (f"4. (d) GET /healthz from one more client during the POST load (every "
+                 f"{lat['probe_pause_ms']:.0f} ms; {lat['probe_n']} probes)", f"p50 {lat['probe_p50']:.1f} ms, p99 {lat['probe_p99']:.1f} ms", "",
                  None),
                 ("4. (d) Ratio POST p99 / that healthz p99", f"{lat['probe_ratio']:.1f} ×", "", None),
             ])

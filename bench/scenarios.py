@@ -328,7 +328,7 @@ def latency(world: World, *, n: int, concurrency: int) -> dict:
             while not done.is_set():
                 t0 = time.perf_counter()
                 try:
-                    session.get(f"{world.web_url}/healthz", timeout=60).raise_for_status()
+                    health(session, 0)
                     probe.latencies.append(time.perf_counter() - t0)
                 except requests.RequestException as exc:
                     probe.errors.append(f"{type(exc).__name__}: {exc}")
@@ -355,6 +355,7 @@ def latency(world: World, *, n: int, concurrency: int) -> dict:
         "probe_p50": probe.percentile_ms(50),
         "probe_p99": probe.percentile_ms(99),
         "probe_n": len(probe.latencies),
+        "probe_pause_ms": PROBE_PAUSE * 1000,
         "probe_ratio": posts.percentile_ms(99) / probe.percentile_ms(99),
         "n": n,
         "concurrency": concurrency,

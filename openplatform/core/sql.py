@@ -15,12 +15,8 @@ from contextlib import nullcontext
 from functools import cache
 
 import psycopg
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections, transaction
 from django.db.models import JSONField, Model
-
-
-def available() -> bool:
-    return connection.vendor == "postgresql"
 
 
 def current():
@@ -28,6 +24,10 @@ def current():
     looks the wrapper up again on every attribute read (about 1.5 us each, dozens per statement here): the
     functions below look it up once."""
     return connections[DEFAULT_DB_ALIAS]
+
+
+def available() -> bool:
+    return current().vendor == "postgresql"
 
 
 class _Cursor(psycopg.Cursor):
@@ -100,12 +100,12 @@ def savepoint_if_in_transaction():
     """Around a statement that may fail (a unique key, a dropped connection): a savepoint when a caller's
     transaction is open, so the failure does not leave that transaction unusable; in autocommit the
     statement is atomic by itself and needs nothing."""
-    return transaction.atomic() if connection.in_atomic_block else nullcontext()
+    return transaction.atomic() if current().in_atomic_block else nullcontext()
 
 
 @cache
 def quote(name: str) -> str:
-    return connection.ops.quote_name(name)
+    return current().ops.quote_name(name)
 
 
 def columns(model: type[Model], alias: str) -> str:

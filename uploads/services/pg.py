@@ -87,6 +87,7 @@ def _insert_plan() -> tuple:
 
 
 def _param(field: models.Field, how, value, conn):
+    """`value` as the statement sends it for `field` (`how` from _how)."""
     if how is None or value is None:
         return value
     if how is _DJANGO:
@@ -97,8 +98,8 @@ def _param(field: models.Field, how, value, conn):
 def insert_params(upload: Upload) -> dict:
     """The INSERT's parameters for `upload`'s columns: what Field.get_db_prep_save(Field.pre_save()) gives."""
     conn, values = current(), upload.__dict__
-    return {name: field.get_db_prep_save(field.pre_save(upload, True), conn) if how is _DJANGO
-            else _param(field, how, values[attname], conn) for name, field, attname, how in _insert_plan()}
+    return {name: _param(field, how, field.pre_save(upload, True) if how is _DJANGO else values[attname], conn)
+            for name, field, attname, how in _insert_plan()}
 
 
 @cache
