@@ -1,7 +1,7 @@
 """The upload path's cost measured inside one process, without gunicorn or Celery around it.
 
     .venv/bin/python -m bench.inprocess accept [--requests 600] [--phases] [--profile N]
-    .venv/bin/python -m bench.inprocess task [--uploads 200]
+    .venv/bin/python -m bench.inprocess task [--uploads 200] [--profile N]
 
 `accept` calls the WSGI application directly with prebuilt `POST /api/v1/uploads/` requests (a 640x480
 JPEG, each with bytes of its own) and reports the CPU of this thread per request (`time.thread_time()`)
@@ -87,6 +87,24 @@ def _world(simulator_in_process: bool):
     return world
 
 
+def _profiler(profile: int):
+    """A cProfile profiler of this thread's CPU (waits on sockets do not count), or None."""
+    if not profile:
+        return None
+    import cProfile
+
+    return cProfile.Profile(time.thread_time)
+
+
+def _report_profile(profiler, name: str, top: int) -> None:
+    if profiler:  # (cProfile's own overhead inflates the figures; compare the shares, not the sum)
+        import pstats
+
+        profiler.dump_stats(LOGS / f"{name}.prof")  # for pstats' callers and callees
+        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(top)
+        print(f"(the whole profile: {(LOGS / f'{name}.prof').relative_to(env.ROOT)})")
+
+
 def accept(requests_: int, phases: bool, profile: int = 0) -> None:
     import requests
     from django.core.wsgi import get_wsgi_application
@@ -133,11 +151,7 @@ def accept(requests_: int, phases: bool, profile: int = 0) -> None:
         _timed(uploads.services.pg, "upload_insert_for_appid", "authorizer + dedupe + insert statement")
         _timed(openplatform.core.queueing, "publish", "task publish")
     pid = _backend_pid()
-    profiler = None
-    if profile:
-        import cProfile
-
-        profiler = cProfile.Profile(time.thread_time)  # CPU of this thread: waits on sockets do not count
+    profiler = _profiler(profile)
     backend0, cpu0, wall0 = _backend_cpu_seconds(pid), time.thread_time(), time.perf_counter()
     if profiler:
         profiler.enable()
@@ -151,16 +165,11 @@ def accept(requests_: int, phases: bool, profile: int = 0) -> None:
           f"(wall {wall * 1000 / requests_:.2f} ms), its PostgreSQL backend {backend * 1000 / requests_:.2f} ms")
     for label, values in _CPU.items():
         print(f"  {label}: {sum(values) / requests_:.3f} ms per request")
-    if profiler:  # (cProfile's own overhead inflates the figures; compare the shares, not the sum)
-        import pstats
-
-        profiler.dump_stats(LOGS / "accept.prof")  # for pstats' callers and callees
-        pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(profile)
-        print(f"(the whole profile: {LOGS / 'accept.prof'})")
+    _report_profile(profiler, "accept", profile)
     world.sim.stop()
 
 
-def task(uploads_: int) -> None:
+def task(uploads_: int, profile: int = 0) -> None:
     world = _world(simulator_in_process=False)  # Django is set up from here on
 
     from django.db import close_old_connections
@@ -180,15 +189,21 @@ def task(uploads_: int) -> None:
     _timed(type(wechat_client()), "upload_image", "WeChat call (50 ms modelled)")
     _timed(pg, "upload_result_write", "result")
     _timed(process, "upload_process", "the whole run")
+    profiler = _profiler(profile)
     for i, upload_id in enumerate(ids):
         if i == warm:
             _CPU.clear()
             _WALL.clear()
+            if profiler:
+                profiler.enable()
         close_old_connections()  # as around each task (openplatform/celery.py)
         process.upload_process(upload_id=upload_id)
+    if profiler:
+        profiler.disable()
     print(f"task, {uploads_} runs one after the other (medians):")
     for label in _CPU:
         print(f"  {label}: wall {statistics.median(_WALL[label]):.2f} ms, CPU {statistics.median(_CPU[label]):.2f} ms")
+    _report_profile(profiler, "task", profile)
     world.sim.stop()
 
 
@@ -202,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="profile the CPU of this thread (cProfile) and print the N costliest functions")
     t = sub.add_parser("task")
     t.add_argument("--uploads", type=int, default=200)
+    t.add_argument("--profile", type=int, default=0, metavar="N", help="as for accept, over the timed runs")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(env.ROOT))
     from bench.procs import machine_busy_cores
@@ -211,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "accept":
         accept(args.requests, args.phases, args.profile)
     else:
-        task(args.uploads)
+        task(args.uploads, args.profile)
     print(f"after: 1-minute load {os.getloadavg()[0]:.2f}")
     return 0
 

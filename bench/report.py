@@ -159,19 +159,24 @@ def rows(results: dict, machine_load: dict) -> list[Row]:
         ])
     lat = results.get("latency")
     if lat:
+        rounds = lat.get("rounds", 1)
+        each = f" (median of {rounds})" if rounds > 1 else ""
         add("latency", [
-            (f"4. (d) POST /api/v1/uploads/ latency, {lat['concurrency']} clients, {lat['n']} requests",
+            (f"4. (d) POST /api/v1/uploads/ latency, {lat['concurrency']} clients, {lat['n']} requests{each}",
              f"p50 {lat['post_p50']:.1f} ms, p99 {lat['post_p99']:.1f} ms ({lat['post_rate']:.0f} req/s)", "", None),
-            (f"4. (d) GET /healthz latency, {lat['concurrency']} clients on the same server, alone (the floor)",
+            (f"4. (d) GET /healthz latency, {lat['concurrency']} clients on the same server, alone (the floor){each}",
              f"p50 {lat['health_p50']:.1f} ms, p99 {lat['health_p99']:.1f} ms ({lat['health_rate']:.0f} req/s)",
              "", None),
-            ("4. (d) Ratio POST p99 / healthz p99", f"{lat['p99_ratio']:.1f} ×", "≤ 3 ×", lat["p99_ratio"] <= 3),
+            (f"4. (d) Ratio POST p99 / healthz p99{' (per round, then the median)' if rounds > 1 else ''}",
+             f"{lat['p99_ratio']:.1f} ×" + (" (rounds: " + ", ".join(f"{r:.1f}" for r in lat["p99_ratios"]) + ")"
+                                            if len(lat.get("p99_ratios", ())) > 1 else ""),
+             "≤ 3 ×", lat["p99_ratio"] <= 3),
         ])
         if "probe_p99" in lat:  # what any request meets beside the POST load (docs/architecture.md §7)
             add("latency", [
                 (f"4. (d) GET /healthz from one more client during the POST load (every "
-                 f"{lat['probe_pause_ms']:.0f} ms; {lat['probe_n']} probes)", f"p50 {lat['probe_p50']:.1f} ms, p99 {lat['probe_p99']:.1f} ms", "",
-                 None),
+                 f"{lat['probe_pause_ms']:.0f} ms; {lat['probe_n']} probes){each}",
+                 f"p50 {lat['probe_p50']:.1f} ms, p99 {lat['probe_p99']:.1f} ms", "", None),
                 ("4. (d) Ratio POST p99 / that healthz p99", f"{lat['probe_ratio']:.1f} ×", "", None),
             ])
     mem = results.get("memory")
@@ -254,6 +259,10 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "process and the simulator can do on this machine.",
         "- Throughput and the two clients: the clients POST as fast as they are accepted, then the bench polls "
         "until every upload is final; the rate is uploads / (first POST to all final).",
+        "- Latency: after 100 untimed POSTs (a fresh web process's first requests pay its imports), each round "
+        "runs `/healthz` alone under the 20 clients (the floor), then the POSTs under 20 clients with one more "
+        "client asking `/healthz` beside them, and waits until every upload is final; the p99 ratio is taken "
+        "per round and its median shown (the p99 of 1,000 requests rests on its 10 slowest).",
         "- The drain: the uploads are written in bulk as the API would have accepted them (records, bytes, "
         "one task each) while no worker consumes `uploads`; one worker process, started on an idle queue, "
         "is then told to consume it (`add_consumer`). Its rate is uploads / (its first claim to its last "

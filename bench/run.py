@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             measure("throughput", lambda: scenarios.throughput(
                 world, n=sizes.uploads, concurrency=args.clients, rounds=sizes.rounds))
         if "latency" in only:
-            measure("latency", lambda: scenarios.latency(world, n=sizes.latency_requests, concurrency=args.clients))
+            measure("latency", lambda: scenarios.latency(
+                world, n=sizes.latency_requests, concurrency=args.clients, rounds=sizes.rounds))
         if "two_clients" in only:
             measure("two_clients", lambda: scenarios.two_clients(
                 world, n=sizes.two_clients_uploads, rounds=sizes.rounds, pool=args.pool))
