@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -28,15 +29,12 @@ CPUS = os.cpu_count() or 1
 
 @dataclass(frozen=True)
 class WebConfig:
-    #: What deploy runs (deploy/Procfile, deploy/Dockerfile: WEB_CONCURRENCY=1, --threads 4): a gthread
-    #: worker, whose connections stay open between requests (keep-alive; a sync worker closes each one).
-    #: One process: gunicorn leaves a connection with the process that accepted it, and a burst of new
-    #: connections mostly goes to one of several (2 x 2 here: 2/18 to 5/15 of the 20 clients), whose
-    #: requests then wait about 3 times longer (docs/architecture.md §7, "One web process").
+    #: What deploy runs (deploy/Procfile, deploy/Dockerfile: one process per core, --threads 2): gthread
+    #: workers, whose connections stay open between requests (keep-alive; a sync worker closes each one).
     #: bench --quick on 2 cores, 2026-11-30, web CPU per upload and uploads/s end to end: 4 sync workers
     #: 11.9 ms, 62/s; 3 x 4 threads 9.7-10.4 ms, 70-78/s; 3 x 2 9.2 ms, 82/s; 2 x 2 8.4 ms, 85/s.
-    workers: int = 1
-    threads: int = 4
+    workers: int = CPUS
+    threads: int = 2
 
     def describe(self) -> str:
         kind = "sync" if self.threads == 1 else f"gthread x {self.threads} threads"
@@ -100,11 +98,35 @@ class Process:
         self._log.close()
 
 
+#: Flags of deploy/Procfile's web command the bench leaves out: the bind (its own port) and the recycling
+#: (--max-requests: a process replaced between two CPU samples would take its last CPU with it; at deploy's
+#: 20,000 requests a replacement's 0.6 s of CPU is 0.03 ms per request).
+_NOT_DEPLOYS = {"--bind": 1, "--max-requests": 1, "--max-requests-jitter": 1}
+
+
+def deploy_web_flags() -> list[str]:
+    """The flags deploy/Procfile runs gunicorn with (its config file, with the access log, and the
+    timeouts), but those in _NOT_DEPLOYS."""
+    line = next(line for line in (ROOT / "deploy" / "Procfile").read_text().splitlines() if line.startswith("web:"))
+    argv = shlex.split(line.removeprefix("web:"))
+    if argv[:2] != ["gunicorn", "openplatform.wsgi"]:
+        raise RuntimeError(f"deploy/Procfile's web command is not gunicorn openplatform.wsgi: {argv[:2]}")
+    flags, rest = [], iter(argv[2:])
+    for arg in rest:
+        name = arg.split("=", 1)[0]
+        if name in _NOT_DEPLOYS:
+            if "=" not in arg:
+                next(rest)
+            continue
+        flags.append(arg)
+    return flags
+
+
 def start_web(config: WebConfig, port: int, log: Path) -> Process:
     argv = [
         str(VENV_BIN / "gunicorn"), os.environ.get("BENCH_WSGI_APP", "openplatform.wsgi:application"),
-        "--bind", f"127.0.0.1:{port}", "--workers", str(config.workers),
-        "--log-level", "warning", "--backlog", "2048", "--timeout", "60",
+        *deploy_web_flags(),  # deploy's (its access log goes to the log file), then the bench's own
+        "--bind", f"127.0.0.1:{port}", "--workers", str(config.workers), "--backlog", "2048",
         *os.environ.get("BENCH_GUNICORN_EXTRA", "").split(),
     ]
     if config.threads > 1:
