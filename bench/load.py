@@ -16,8 +16,17 @@ import requests
 class LoadResult:
     elapsed: float
     latencies: list[float] = field(default_factory=list)  # seconds, one per request
+    clients: list[int] = field(default_factory=list)  # which client sent each of them (0 .. concurrency - 1)
     results: list[Any] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+
+    def client_means_ms(self) -> list[float]:
+        """Each client's mean latency, lowest first. A client keeps its connection, and the connection
+        stays with the web process that accepted it: a spread here is that process's queue."""
+        by_client: dict[int, list[float]] = {}
+        for client, took in zip(self.clients, self.latencies, strict=True):
+            by_client.setdefault(client, []).append(took)
+        return sorted(sum(v) / len(v) * 1000 for v in by_client.values())
 
     @property
     def rate(self) -> float:
@@ -38,7 +47,7 @@ def run(n: int, concurrency: int, request: Callable[[requests.Session, int], Any
     result = LoadResult(elapsed=0.0)
     start = threading.Barrier(concurrency + 1)
 
-    def client() -> None:
+    def client(number: int) -> None:
         with requests.Session() as session:
             start.wait()
             while True:
@@ -56,9 +65,10 @@ def run(n: int, concurrency: int, request: Callable[[requests.Session, int], Any
                 took = time.perf_counter() - t0
                 with lock:
                     result.latencies.append(took)
+                    result.clients.append(number)
                     result.results.append(value)
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(number,), daemon=True) for number in range(concurrency)]
     for t in threads:
         t.start()
     start.wait()

@@ -29,12 +29,15 @@ CPUS = os.cpu_count() or 1
 
 @dataclass(frozen=True)
 class WebConfig:
-    #: What deploy runs (deploy/Procfile, deploy/Dockerfile: one process per core, --threads 2): gthread
-    #: workers, whose connections stay open between requests (keep-alive; a sync worker closes each one).
+    #: What deploy runs (deploy/Procfile, deploy/Dockerfile: WEB_CONCURRENCY=1, --threads 4): a gthread
+    #: worker, whose connections stay open between requests (keep-alive; a sync worker closes each one).
+    #: One process: gunicorn leaves a connection with the process that accepted it, and a burst of new
+    #: connections mostly goes to one of several (2 x 2 here: 2/18 to 5/15 of the 20 clients), whose
+    #: requests then wait about 3 times longer (docs/architecture.md §7, "Connections are shared unevenly").
     #: bench --quick on 2 cores, 2026-11-30, web CPU per upload and uploads/s end to end: 4 sync workers
     #: 11.9 ms, 62/s; 3 x 4 threads 9.7-10.4 ms, 70-78/s; 3 x 2 9.2 ms, 82/s; 2 x 2 8.4 ms, 85/s.
-    workers: int = CPUS
-    threads: int = 2
+    workers: int = 1
+    threads: int = 4
 
     def describe(self) -> str:
         kind = "sync" if self.threads == 1 else f"gthread x {self.threads} threads"

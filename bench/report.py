@@ -179,6 +179,13 @@ def rows(results: dict, machine_load: dict) -> list[Row]:
                  f"p50 {lat['probe_p50']:.1f} ms, p99 {lat['probe_p99']:.1f} ms", "", None),
                 ("4. (d) Ratio POST p99 / that healthz p99", f"{lat['probe_ratio']:.1f} ×", "", None),
             ])
+        if "client_heaviest" in lat:  # the web processes' uneven share of the connections (docs/architecture.md §7)
+            add("latency", [
+                (f"4. (d) POST latency of each client (its mean), the lightest and the heaviest of the "
+                 f"{lat['concurrency']}{each}",
+                 f"{lat['client_lightest']:.0f} / {lat['client_heaviest']:.0f} ms "
+                 f"({lat['client_heaviest'] / lat['client_lightest']:.1f} ×)", "", None),
+            ])
     mem = results.get("memory")
     if mem:
         add("memory", [(
@@ -262,7 +269,10 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "- Latency: after 100 untimed POSTs (a fresh web process's first requests pay its imports), each round "
         "runs `/healthz` alone under the 20 clients (the floor), then the POSTs under 20 clients with one more "
         "client asking `/healthz` beside them, and waits until every upload is final; the p99 ratio is taken "
-        "per round and its median shown (the p99 of 1,000 requests rests on its 10 slowest).",
+        "per round and its median shown (the p99 of 1,000 requests rests on its 10 slowest). A client keeps "
+        "its connection and the connection stays with the web process that accepted it; the lightest and "
+        "heaviest client's mean latency show how unevenly the processes share the clients (docs/architecture.md "
+        "§7, \"Connections are shared unevenly\").",
         "- The drain: the uploads are written in bulk as the API would have accepted them (records, bytes, "
         "one task each) while no worker consumes `uploads`; one worker process, started on an idle queue, "
         "is then told to consume it (`add_consumer`). Its rate is uploads / (its first claim to its last "

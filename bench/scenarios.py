@@ -354,13 +354,16 @@ def _latency_round(world: World, n: int, concurrency: int) -> dict:
         "health_p50": floor.percentile_ms(50), "health_p99": floor.percentile_ms(99), "health_rate": floor.rate,
         "probe_p50": probe.percentile_ms(50), "probe_p99": probe.percentile_ms(99), "probe_n": len(probe.latencies),
     }
+    means = posts.client_means_ms()
+    result["client_lightest"], result["client_heaviest"] = means[0], means[-1]
     result["p99_ratio"] = result["post_p99"] / result["health_p99"]
     result["probe_ratio"] = result["post_p99"] / result["probe_p99"]
     _log(
         f"latency: POST p50 {result['post_p50']:.1f} ms p99 {result['post_p99']:.1f} ms ({posts.rate:.0f}/s); "
         f"/healthz p50 {result['health_p50']:.1f} ms p99 {result['health_p99']:.1f} ms ({floor.rate:.0f}/s); "
         f"/healthz beside the POSTs p50 {result['probe_p50']:.1f} ms p99 {result['probe_p99']:.1f} ms "
-        f"({len(probe.latencies)} probes); POST p99 / healthz p99 {result['p99_ratio']:.2f}"
+        f"({len(probe.latencies)} probes); POST p99 / healthz p99 {result['p99_ratio']:.2f}; "
+        f"the clients' mean POST latencies {', '.join(f'{m:.0f}' for m in means)} ms"
     )
     return result
 
