@@ -12,7 +12,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework import serializers
@@ -553,3 +553,73 @@ def test_behind_a_transaction_pooler_nothing_is_prepared(monkeypatch):
     monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", False)
     assert sql.execute("SELECT 41 + %s", [1]) == [(42,)]
     assert [s for s in _prepared_statements() if "41 +" in s]
+
+
+# -- plans that stay cheap as the table grows (docs/architecture.md §7) -------------------------------------------
+
+
+def _generic_plan(sql: str, params: dict) -> str:
+    """EXPLAIN ANALYZE of `sql` run as the upload path runs it: prepared, with a generic plan (the planner does
+    not see the values; settings force it: docs/architecture.md §7, "Prepared means prepared")."""
+    import re
+
+    from psycopg import sql as psql
+
+    names: list[str] = []
+
+    def number(match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    prepared = re.sub(r"%\((\w+)\)s", number, sql)
+    raw = connection.connection
+    values = ", ".join(psql.Literal(params[n]).as_string(raw) for n in names)
+    with transaction.atomic(), connection.cursor() as cursor:  # rolled back: the statement ran for its plan only
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute("DEALLOCATE ALL")
+        cursor.execute(f"PREPARE plan_probe AS {prepared}")
+        cursor.execute(f"EXPLAIN (ANALYZE, COSTS OFF, BUFFERS) EXECUTE plan_probe({values})")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE plan_probe")
+        transaction.set_rollback(True)
+    return plan
+
+
+@pytest.mark.django_db
+def test_the_claim_and_the_dedupe_lookup_use_their_keys_whatever_the_statistics(authorizer, component, make_upload):
+    # What made the generic plans go wrong in the bench: thousands of succeeded uploads of the same bytes
+    # in the dedupe window (sha256 looks unselective), and statistics taken while nothing was in flight
+    # (the in-flight index looks empty). One plan then walked upload_finished_at_idx through the whole
+    # window; the other found the row to claim by reading the in-flight index, every queued upload of it.
+    template = make_upload(authorizer)
+    Upload.objects.filter(pk=template.pk).update(status=Upload.Status.SUCCEEDED, finished_at=timezone.now(),
+                                                 url="http://mmbiz.qpic.cn/x")
+    columns = [f.column for f in Upload._meta.concrete_fields]
+    select = ["gen_random_uuid()" if c == "id" else
+              "finished_at - g * interval '1 second'" if c == "finished_at" else connection.ops.quote_name(c)
+              for c in columns]
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO uploads_upload ({', '.join(map(connection.ops.quote_name, columns))}) "
+                       f"SELECT {', '.join(select)} FROM uploads_upload, generate_series(1, 20000) g "
+                       "WHERE id = %s", [template.pk])
+        cursor.execute("ANALYZE uploads_upload")
+    queued = [make_upload(authorizer, image_bytes(color=(i, 9, 9))) for i in range(3)]  # in flight after ANALYZE
+    now = timezone.now()
+
+    claim = _generic_plan(pg._claim_sql(), {"id": queued[0].pk, "now": now, "lease": now + timedelta(seconds=60),
+                                            "dedupe": True, "since": now - timedelta(days=30)})
+    assert "Index Scan using uploads_upload_pkey on uploads_upload" in claim and "Index Cond: (id = $1)" in claim
+    assert "upload_in_flight_due_idx" not in claim
+    assert "upload_dedupe_newest_idx" in claim and "upload_finished_at_idx" not in claim
+
+    accept = _generic_plan(pg._insert_for_appid_sql(), {
+        **pg.insert_params(Upload(tenant=authorizer.tenant, sha256=template.sha256, size=1, original_size=1,
+                                  content_type="image/png", next_attempt_at=now)),
+        "tenant": authorizer.tenant_id, "appid": authorizer.appid, "sha256": template.sha256, "data": b"x",
+        "dedupe": True, "since": now - timedelta(days=30)})
+    assert "upload_dedupe_newest_idx" in accept and "upload_finished_at_idx" not in accept
+    # The lookup found the newest of the 20,001 at once: a handful of index and heap pages, not the window.
+    lookup = accept[accept.index("upload_dedupe_newest_idx"):]
+    assert "rows=1 loops=1" in lookup.splitlines()[0]
+    assert Upload.objects.filter(pk=queued[0].pk, status=Upload.Status.QUEUED).exists()  # the probes rolled back

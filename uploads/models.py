@@ -148,8 +148,11 @@ class Upload(models.Model):
                          condition=Q(status__in=["queued", "uploading"])),
             models.Index(fields=["authorizer", "status"], name="upload_authorizer_status_idx"),
             models.Index(fields=["finished_at"], name="upload_finished_at_idx", condition=Q(finished_at__isnull=False)),
-            # Dedupe looks for succeeded uploads only.
-            models.Index(fields=["authorizer", "sha256"], name="upload_dedupe_succeeded_idx",
+            # Dedupe looks for the newest succeeded upload of these bytes to this account: finished_at in
+            # the index answers "newest within the window" from the index itself. Without it, a generic
+            # plan walked upload_finished_at_idx backwards through every upload of the window
+            # (docs/architecture.md §7, "Plans that stay cheap as the table grows").
+            models.Index(fields=["authorizer", "sha256", "-finished_at"], name="upload_dedupe_newest_idx",
                          condition=Q(status="succeeded")),
             # The foreign keys' own (a deleted key, user or upload sets these to NULL by them).
             models.Index(fields=["api_key"], name="upload_api_key_idx", condition=Q(api_key__isnull=False)),

@@ -157,19 +157,21 @@ def _claim_sql() -> str:
     u, a, b = quote(Upload._meta.db_table), quote(Authorizer._meta.db_table), quote(UploadBlob._meta.db_table)
     reusable = _REUSABLE.format(upload=u, authorizer_id="c.authorizer_id", tenant_id="c.tenant_id",
                                 sha256="c.sha256", not_itself="AND e.id <> c.id AND c.dedupe")
-    # FOR UPDATE re-checks the condition on the row a concurrent claim left behind, so of two deliveries
-    # at once exactly one gets it (the other waits, then sees `uploading` with a live lease).
+    # The row is found by its primary key alone and locked; whether it is due is decided on the locked
+    # row. (With the due condition in the same WHERE, a generic plan could find the row through the
+    # in-flight index instead, reading every queued upload per claim: docs/architecture.md §7, "Plans
+    # that stay cheap as the table grows".) FOR UPDATE waits for a concurrent claim and then sees the
+    # row it left, so of two deliveries at once exactly one gets it (the other sees `uploading` with a
+    # live lease).
     return f"""
         WITH target AS (
-            SELECT id, status AS was FROM {u}
-            WHERE id = %(id)s AND (
-                (status = 'queued' AND (next_attempt_at <= %(now)s OR next_attempt_at IS NULL))
-                OR (status = 'uploading' AND lease_until < %(now)s))
-            FOR UPDATE
+            SELECT id, status AS was, next_attempt_at, lease_until FROM {u} WHERE id = %(id)s FOR UPDATE
         ), c AS (
             UPDATE {u} up SET status = 'uploading', started_at = %(now)s, lease_until = %(lease)s,
                 updated_at = %(now)s
-            FROM target WHERE up.id = target.id
+            FROM target WHERE up.id = target.id AND (
+                (target.was = 'queued' AND (target.next_attempt_at <= %(now)s OR target.next_attempt_at IS NULL))
+                OR (target.was = 'uploading' AND target.lease_until < %(now)s))
             RETURNING up.*, target.was
         )
         SELECT c.was, {columns(Upload, 'c')}, {columns(Authorizer, 'a')}, bl.data, r.id, r.reused_from_id, r.url
