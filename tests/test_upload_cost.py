@@ -536,9 +536,10 @@ def test_the_upload_path_statements_are_prepared_on_the_server_and_django_querie
     assert Upload.objects.filter(pk__in=ids, status=Upload.Status.SUCCEEDED).count() == 2
     assert sum("hashed_key" in s for s in prepared) == 1  # the API key, once for both requests
     assert sum("INSERT INTO" in s and "uploads_uploadblob" in s for s in prepared) == 1  # the accept
-    assert sum("FOR UPDATE" in s and "lease_until" in s for s in prepared) == 1  # the claim
-    assert sum("uploads_uploadattempt" in s and "INSERT INTO" in s and "FOR UPDATE" not in s
-               for s in prepared) == 1  # the result
+    assert sum("FOR UPDATE" in s and "status = 'uploading'" in s and "uploads_uploadattempt" not in s
+               for s in prepared) == 1  # the claim
+    assert sum("uploads_uploadattempt" in s and "INSERT INTO" in s and "FOR UPDATE" in s
+               for s in prepared) == 1  # the result (it locks its row as the claim does)
     assert not [s for s in prepared if s.lstrip().startswith(("SELECT \"", "INSERT INTO \"", "UPDATE \""))]
 
 
@@ -622,4 +623,12 @@ def test_the_claim_and_the_dedupe_lookup_use_their_keys_whatever_the_statistics(
     # The lookup found the newest of the 20,001 at once: a handful of index and heap pages, not the window.
     lookup = accept[accept.index("upload_dedupe_newest_idx"):]
     assert "rows=1 loops=1" in lookup.splitlines()[0]
+    # The result's compare-and-set on the lease: the row by its key as well, not through the in-flight index.
+    Upload.objects.filter(pk=queued[1].pk).update(status=Upload.Status.UPLOADING, lease_until=now)
+    result = _generic_plan(*pg._result_statement(
+        upload=queued[1], lease_until=now, values={"status": Upload.Status.SUCCEEDED, "finished_at": now,
+                                                   "url": "http://mmbiz.qpic.cn/y"}, attempts=[], event=None, now=now))
+    assert "Index Scan using uploads_upload_pkey on uploads_upload" in result and "upload_in_flight_due_idx" not in result
+    assert "Update on uploads_upload up (actual time" in result and "rows=1 loops=1" in result.split("Update on")[1].splitlines()[0]
     assert Upload.objects.filter(pk=queued[0].pk, status=Upload.Status.QUEUED).exists()  # the probes rolled back
+    assert Upload.objects.filter(pk=queued[1].pk, status=Upload.Status.UPLOADING).exists()

@@ -224,6 +224,14 @@ def upload_result_write(*, upload: Upload, lease_until: datetime, values: dict, 
     The event is marked dispatched at once when its tenant has no enabled endpoint (nobody to deliver
     to, no dispatch task); it stays in the catch-up API either way.
     """
+    sql, params = _result_statement(upload=upload, lease_until=lease_until, values=values, attempts=attempts,
+                                    event=event, now=now)
+    written, to_dispatch = execute(sql, params)[0]
+    return bool(written), to_dispatch
+
+
+def _result_statement(*, upload: Upload, lease_until: datetime, values: dict, attempts: list[UploadAttempt],
+                      event: tuple[str, dict] | None, now: datetime) -> tuple[str, dict]:
     from webhooks.models import WebhookEndpoint, WebhookEvent
 
     u = quote(Upload._meta.db_table)
@@ -234,8 +242,11 @@ def upload_result_write(*, upload: Upload, lease_until: datetime, values: dict, 
         f, how = _field_plan(name)
         sets.append(f"{_quoted_column(name)} = %(s{i})s")
         params[f"s{i}"] = _param(f, how, value, conn)
-    parts = [f"u AS (UPDATE {u} SET {', '.join(sets)} WHERE id = %(id)s AND status = 'uploading' "
-             "AND lease_until = %(lease)s RETURNING id, tenant_id)"]
+    # As in the claim: the row by its primary key, locked, and the lease compared on the locked row (with
+    # `status = 'uploading'` in the UPDATE's own WHERE, a generic plan read the in-flight index instead).
+    parts = [f"t AS (SELECT id, status, lease_until FROM {u} WHERE id = %(id)s FOR UPDATE)",
+             f"u AS (UPDATE {u} up SET {', '.join(sets)} FROM t WHERE up.id = t.id AND t.status = 'uploading' "
+             "AND t.lease_until = %(lease)s RETURNING up.id, up.tenant_id)"]
     if attempts:
         rows = []
         for j, attempt in enumerate(attempts):
@@ -259,6 +270,4 @@ def upload_result_write(*, upload: Upload, lease_until: datetime, values: dict, 
             f"CASE WHEN EXISTS (SELECT 1 FROM {endpoints} p WHERE p.tenant_id = u.tenant_id AND p.enabled) "
             "THEN NULL ELSE %(now)s END FROM u RETURNING id, dispatched_at)")
         select_event = "(SELECT id FROM ev WHERE dispatched_at IS NULL)"
-    sql = f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM u), {select_event}"
-    written, to_dispatch = execute(sql, params)[0]
-    return bool(written), to_dispatch
+    return f"WITH {', '.join(parts)} SELECT (SELECT count(*) FROM u), {select_event}", params
