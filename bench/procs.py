@@ -104,7 +104,7 @@ class Process:
 #: Flags of deploy/Procfile's web command the bench leaves out: the bind (its own port) and the recycling
 #: (--max-requests: a process replaced between two CPU samples would take its last CPU with it; at deploy's
 #: 20,000 requests a replacement's 0.6 s of CPU is 0.03 ms per request).
-_NOT_DEPLOYS = {"--bind": 1, "--max-requests": 1, "--max-requests-jitter": 1}
+_NOT_DEPLOYS = {"--bind", "--max-requests", "--max-requests-jitter"}  # each takes one value
 
 
 def deploy_web_flags() -> list[str]:

@@ -373,10 +373,7 @@ def latency(world: World, *, n: int, concurrency: int, rounds: int) -> dict:
     is taken (the machine's speed drifts). Each figure is the median of the rounds; the ratios are taken per
     round, then their median. A p99 of 1,000 requests rests on its 10 slowest: one round says little."""
     world.control.set_latency(UPLOADIMG, WECHAT_LATENCY)
-    warmup = load.run(LATENCY_WARMUP, concurrency, lambda s, i: world.post_upload(s))
-    if warmup.errors:
-        raise RuntimeError(f"latency warm-up: {len(warmup.errors)} errors, first: {warmup.errors[0]}")
-    world.wait_final(warmup.results)
+    _e2e_round(world, LATENCY_WARMUP, concurrency)  # untimed
     per_round = [_latency_round(world, n, concurrency) for _ in range(rounds)]
     medians = {k: statistics.median(r[k] for r in per_round) for k in per_round[0]}
     return {

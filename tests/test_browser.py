@@ -119,11 +119,14 @@ def browsing(base_url: str) -> Iterator[Browsing]:
             page.on("console", lambda msg: msg.type == "error" and session.errors.append(
                 f"console error: {msg.text} ({msg.location.get('url')})"))
             page.on("pageerror", lambda exc: session.errors.append(f"page error: {exc}"))
-            # An image the browser cancelled itself (net::ERR_ABORTED: the admin's date widgets restyle the
-            # calendar and clock icons while they load) is not a failure of the server; a missing one is
-            # an HTTP 404 (below), and any other failed request counts.
-            page.on("requestfailed", lambda req: not (req.resource_type == "image" and req.failure == "net::ERR_ABORTED")
-                    and session.errors.append(f"request failed: {req.url} ({req.failure})"))
+            def request_failed(req) -> None:
+                # An image the browser cancelled itself (net::ERR_ABORTED: the admin's date widgets restyle
+                # the calendar and clock icons while they load) is not a failure of the server; a missing
+                # one is an HTTP 404 (below), and any other failed request counts.
+                if not (req.resource_type == "image" and req.failure == "net::ERR_ABORTED"):
+                    session.errors.append(f"request failed: {req.url} ({req.failure})")
+
+            page.on("requestfailed", request_failed)
             page.on("response", lambda resp: resp.status >= 400 and session.errors.append(
                 f"HTTP {resp.status}: {resp.url}"))
             try:

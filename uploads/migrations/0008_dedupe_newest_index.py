@@ -6,19 +6,15 @@
 from django.db import migrations, models
 
 
-def _sha256_distinct(apps, schema_editor, value: str) -> None:
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(f'ALTER TABLE "uploads_upload" ALTER COLUMN "sha256" {value}')
-
-
 def forwards(apps, schema_editor):
-    _sha256_distinct(apps, schema_editor, "SET (n_distinct = -1)")
     if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute('ALTER TABLE "uploads_upload" ALTER COLUMN "sha256" SET (n_distinct = -1)')
         schema_editor.execute('ANALYZE "uploads_upload"')
 
 
 def backwards(apps, schema_editor):
-    _sha256_distinct(apps, schema_editor, "RESET (n_distinct)")
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute('ALTER TABLE "uploads_upload" ALTER COLUMN "sha256" RESET (n_distinct)')
 
 
 class Migration(migrations.Migration):
