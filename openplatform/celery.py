@@ -14,6 +14,16 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.worker_ready.connect
+@signals.worker_process_init.connect
+def _freeze_startup(**kwargs) -> None:
+    """Keep what startup built out of later garbage collections (openplatform/core/garbage.py): in the
+    worker's own process (worker_ready; where the threads pool runs tasks) and in each prefork child."""
+    from openplatform.core.garbage import freeze_startup
+
+    freeze_startup()
+
+
 @signals.task_prerun.connect
 @signals.task_postrun.connect
 def _close_old_db_connections(sender=None, **kwargs) -> None:

@@ -4,10 +4,12 @@ Only logging lives here: gunicorn's access and error logs go through the same re
 application's (openplatform/logging.py). The access line carries the query string, and WeChat's
 redirect back to `/wechat/component/authorized/` puts `auth_code` and our signed `state` there; the
 Referer of that request is the authorization page's URL, with the `pre_auth_code` in it.
+The access line's atoms are built from what its format names (openplatform/ops/access_log.py).
 Command-line flags (bind, threads, timeouts) stay where they are.
 """
 
 accesslog = "-"
+logger_class = "openplatform.ops.access_log.AccessLogger"
 errorlog = "-"
 
 _REDACTED = {"()": "openplatform.logging.RedactingFormatter"}
