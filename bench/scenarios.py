@@ -8,13 +8,12 @@ one right after the other, so a change of the machine's state between rounds aff
 from __future__ import annotations
 
 import hashlib
+import http.client
 import statistics
 import sys
 import threading
 import time
 from datetime import timedelta
-
-import requests
 
 from bench import baseline, load
 from bench.env import COMPONENT
@@ -328,13 +327,13 @@ def _latency_round(world: World, n: int, concurrency: int) -> dict:
     done = threading.Event()
 
     def probing() -> None:
-        with requests.Session() as session:
+        with load.Client() as session:
             while not done.is_set():
                 t0 = time.perf_counter()
                 try:
                     health(session, 0)
                     probe.latencies.append(time.perf_counter() - t0)
-                except requests.RequestException as exc:
+                except (OSError, http.client.HTTPException, load.HTTPError) as exc:
                     probe.errors.append(f"{type(exc).__name__}: {exc}")
                 done.wait(PROBE_PAUSE)
 
