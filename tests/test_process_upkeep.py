@@ -118,3 +118,15 @@ def test_the_logged_record_carries_the_finished_line(monkeypatch):
     ours.access(_RESP, _REQ, _ENVIRON, _TOOK)
     assert records == ['127.0.0.1 - user [01/Dec/2026:12:00:00 +0000] "POST /api/v1/uploads/?fit=true HTTP/1.1" '
                        '202 251 "https://example.com/\\"quoted\\"" "curl/8.5.0"']
+
+
+def test_no_access_line_when_gunicorn_would_write_none(monkeypatch):
+    cfg = Config()  # no accesslog, no logging configuration: gunicorn writes no access line
+    ours = AccessLogger(cfg)
+    records = []
+    monkeypatch.setattr(ours.access_log, "info", lambda *a: records.append(a))
+    ours.access(_RESP, _REQ, _ENVIRON, _TOOK)
+    assert records == []
+    monkeypatch.delattr(Logger, "access_log_enabled", raising=False)  # as in gunicorn before 27
+    ours.access(_RESP, _REQ, _ENVIRON, _TOOK)
+    assert records == []

@@ -30,13 +30,22 @@ class AccessLogger(glogging.Logger):
     def access(self, resp, req, environ, request_time) -> None:
         """gunicorn's, but the line is formatted once here: the record then carries the finished line, and
         each filter and formatter on the way reads it as it is instead of formatting it again."""
-        if not self.access_log_enabled:
+        if not self._enabled():
             return
         safe_atoms = self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
         try:
             self.access_log.info("%s", self.cfg.access_log_format % safe_atoms)
         except Exception:
             self.error(traceback.format_exc())
+
+    def _enabled(self) -> bool:
+        """gunicorn's own test: its `access_log_enabled` (27) or, before it had one, the same condition."""
+        enabled = getattr(self, "access_log_enabled", None)
+        if enabled is not None:
+            return bool(enabled)
+        cfg = self.cfg
+        return bool(cfg.accesslog or cfg.logconfig or cfg.logconfig_dict or getattr(cfg, "logconfig_json", None)
+                    or (cfg.syslog and not cfg.disable_redirect_access_to_syslog))
 
     def atoms(self, resp, req, environ, request_time):
         if not getattr(self, "_plain_format", False):
