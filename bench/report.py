@@ -265,8 +265,8 @@ def document(results: dict, machine: dict[str, str], setup: list[str], command: 
         "flight and the same latency: the ceiling of the set-up (in flight / latency) minus what the bench "
         "process and the simulator can do on this machine.",
         "- The load clients are threads of the bench process, each with its own kept-alive connection, speaking "
-        "HTTP/1.1 through `http.client` (bench/load.py): 0.15 ms of CPU per 90 KB POST where `requests` took "
-        "1.0 ms, on the cores the service is measured on.",
+        "HTTP/1.1 through `http.client` (bench/load.py): about a quarter of the CPU per 90 KB POST that "
+        "`requests` takes, on the cores the service is measured on.",
         "- Throughput and the two clients: the clients POST as fast as they are accepted, then the bench polls "
         "until every upload is final; the rate is uploads / (first POST to all final).",
         "- Latency: after 100 untimed POSTs (a fresh web process's first requests pay its imports), each round "

@@ -48,7 +48,7 @@ class AccessLogger(glogging.Logger):
                     or (cfg.syslog and not cfg.disable_redirect_access_to_syslog))
 
     def atoms(self, resp, req, environ, request_time):
-        if not getattr(self, "_plain_format", False):
+        if not self._plain_format:  # set by setup(), which gunicorn's Logger.__init__ calls
             return super().atoms(resp, req, environ, request_time)
         return self._plain_atoms(resp, environ, request_time)
 
